@@ -1,0 +1,227 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) meshops.sidecar contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+#
+# Private module utility of meshops.sidecar: no compatibility promise outside this collection.
+
+"""Module parameters to ``CaptureOptions``: Istio-style lists, validation, and clear errors. No I/O.
+
+Everything that needs the target (user and group names, resolv.conf, IPv6 detection) is passed
+in, so every rule about what is valid lives here and is unit-tested.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture_plan import IPV4, IPV6, CaptureOptions
+
+IFNAMSIZ = 15  # longest interface name the kernel takes
+MAX_OWNER_GROUPS = 64  # Istio's limit for ISTIO_OUTBOUND_OWNER_GROUPS
+# Tables the kernel itself uses for routing (local, main, default); a TPROXY table must be another.
+RESERVED_ROUTE_TABLES = frozenset((253, 254, 255))
+
+LIST_OPTIONS = (
+    "proxy_uid", "proxy_gid", "inbound_ports", "exclude_inbound_ports", "outbound_ip_ranges",
+    "exclude_outbound_ip_ranges", "outbound_ports", "exclude_outbound_ports", "exclude_interfaces",
+    "reroute_virtual_interfaces", "outbound_owner_groups", "exclude_outbound_owner_groups", "dns_servers",
+)
+
+
+class OptionError(ValueError):
+    """An option has a value the module cannot use; the message names both."""
+
+    def __init__(self, option, value, reason):
+        super().__init__("%s=%r: %s" % (option, value, reason))
+        self.option = option
+
+
+def items(value):
+    """An Istio-style list: a list or a comma-separated string; blanks dropped; ``None`` stays ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.split(",")
+    return [str(item).strip() for item in value if str(item).strip()]
+
+
+def _port(option, text):
+    """A port ``N`` or a range ``N:M`` (``N-M`` is accepted and written as iptables writes it)."""
+    match = re.match(r"^(\d+)(?:[:-](\d+))?$", text)
+    if not match:
+        raise OptionError(option, text, "not a port or a port range like 8000:8100")
+    low, high = int(match.group(1)), int(match.group(2) or match.group(1))
+    if not (1 <= low <= 65535 and 1 <= high <= 65535):
+        raise OptionError(option, text, "ports are 1 to 65535")
+    if low > high:
+        raise OptionError(option, text, "the range is reversed")
+    return str(low) if match.group(2) is None else "%d:%d" % (low, high)
+
+
+def _ports(option, values):
+    return tuple(_port(option, text) for text in values)
+
+
+def _single_port(option, value):
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
+        raise OptionError(option, value, "ports are 1 to 65535")
+    return value
+
+
+def _cidr(option, text):
+    """``(family, text)`` as Istio writes it: the address as given (not masked), in canonical notation."""
+    if "/" not in text:
+        raise OptionError(option, text, "a CIDR needs a prefix length, e.g. %s/32" % text)
+    try:
+        interface = ipaddress.ip_interface(text)
+    except ValueError as exc:
+        raise OptionError(option, text, "not a CIDR (%s)" % exc)
+    family = IPV4 if interface.version == 4 else IPV6
+    return family, "%s/%d" % (interface.ip.compressed, interface.network.prefixlen)
+
+
+def _address(option, text):
+    try:
+        address = ipaddress.ip_address(text.split("%")[0])  # a zone (fe80::1%eth0) is not part of a rule
+    except ValueError:
+        raise OptionError(option, text, "not an IP address")
+    return (IPV4 if address.version == 4 else IPV6), address.compressed
+
+
+def _interface(option, name):
+    if len(name) > IFNAMSIZ:
+        raise OptionError(option, name, "interface names are at most %d characters" % IFNAMSIZ)
+    if "/" in name or re.search(r"\s", name) or name in (".", ".."):
+        raise OptionError(option, name, "not a valid interface name")
+    return name
+
+
+def _ids(option, values, resolve):
+    """Numbers are taken as they are (as Istio does); names must resolve on the target."""
+    resolved = []
+    for value in values:
+        if value.isdigit():
+            resolved.append(str(int(value)))
+            continue
+        number = resolve(value)
+        if number is None:
+            raise OptionError(option, value, "no such %s on the target" % ("user" if option == "proxy_uid" else "group"))
+        resolved.append(str(number))
+    return tuple(resolved)
+
+
+def _star_or(option, values, parse_each):
+    """``*`` (alone), or a list parsed item by item; an empty list means none."""
+    if "*" in values:
+        if values != ["*"]:
+            raise OptionError(option, values, "'*' cannot be combined with other values")
+        return "*"
+    return tuple(parse_each(option, value) for value in values)
+
+
+def _loopback_cidr(value):
+    option = "ipv4_loopback_cidr"
+    try:
+        network = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise OptionError(option, value, "not an IPv4 CIDR")
+    if "/" not in value or network.version != 4 or not network.is_loopback or not 8 <= network.prefixlen <= 32:
+        raise OptionError(option, value, "must be an IPv4 loopback prefix such as 127.0.0.1/32, mask 8 to 32")
+    return value
+
+
+def build_options(params, resolve_user, resolve_group, default_dns_servers, detect_ipv6):
+    """Validate module ``params`` and return ``CaptureOptions``; raise ``OptionError`` on the first bad value.
+
+    ``resolve_user(name)`` / ``resolve_group(name)`` return an id or None; ``default_dns_servers()``
+    and ``detect_ipv6()`` are only called when the options leave those to the target.
+    """
+    lists = {name: items(params.get(name)) for name in LIST_OPTIONS}
+    for name in ("proxy_port", "inbound_capture_port", "inbound_tunnel_port"):
+        _single_port(name, params[name])
+
+    proxy_uid = lists["proxy_uid"] if lists["proxy_uid"] is not None else ["1337"]
+    if not proxy_uid:
+        raise OptionError("proxy_uid", params.get("proxy_uid"), "at least one uid is needed, or the proxy captures itself")
+    # Istio's default for the gid is the uid text itself (a name then resolves as a group).
+    proxy_gid = lists["proxy_gid"] if lists["proxy_gid"] is not None else proxy_uid
+
+    mark, table = params["tproxy_mark"], params["tproxy_route_table"]
+    if not 1 <= mark <= 0xFFFFFFFF:
+        raise OptionError("tproxy_mark", mark, "a mark is 1 to 4294967295")
+    if not 1 <= table <= 0xFFFFFFFF or table in RESERVED_ROUTE_TABLES:
+        raise OptionError("tproxy_route_table", table, "use a table other than 253 (default), 254 (main), 255 (local)")
+
+    owner_groups = _star_or("outbound_owner_groups", lists["outbound_owner_groups"], lambda o, v: v)
+    if owner_groups != "*":
+        if not owner_groups:
+            raise OptionError("outbound_owner_groups", [], "use '*' to capture every group, or name at least one")
+        if len(owner_groups) > MAX_OWNER_GROUPS:
+            raise OptionError("outbound_owner_groups", len(owner_groups), "at most %d groups" % MAX_OWNER_GROUPS)
+        owner_groups = _ids("outbound_owner_groups", list(owner_groups), resolve_group)
+
+    if "*" in lists["exclude_outbound_ip_ranges"]:
+        raise OptionError("exclude_outbound_ip_ranges", "*", "excluding every destination is not capture; "
+                          "use outbound_ip_ranges=[] instead")
+
+    capture_dns = params["capture_dns"]
+    capture_all_dns = params["capture_all_dns"]
+    dns_servers = lists["dns_servers"]
+    if capture_dns and not capture_all_dns and dns_servers is None:
+        dns_servers = items(default_dns_servers())
+    dns = tuple(_address("dns_servers", text) for text in (dns_servers or []))
+
+    ipv6 = params["ipv6"]
+    if ipv6 is None:
+        ipv6 = bool(detect_ipv6())
+
+    return CaptureOptions(
+        proxy_port=params["proxy_port"],
+        inbound_capture_port=params["inbound_capture_port"],
+        inbound_tunnel_port=params["inbound_tunnel_port"],
+        proxy_uids=_ids("proxy_uid", proxy_uid, resolve_user),
+        proxy_gids=_ids("proxy_gid", proxy_gid, resolve_group),
+        inbound_interception_mode=params["inbound_interception_mode"],
+        tproxy_mark=mark,
+        tproxy_route_table=table,
+        inbound_ports=_star_or("inbound_ports", lists["inbound_ports"], _port),
+        exclude_inbound_ports=_ports("exclude_inbound_ports", lists["exclude_inbound_ports"]),
+        outbound_ip_ranges=_star_or("outbound_ip_ranges", lists["outbound_ip_ranges"], _cidr),
+        exclude_outbound_ip_ranges=tuple(_cidr("exclude_outbound_ip_ranges", c)
+                                         for c in lists["exclude_outbound_ip_ranges"]),
+        outbound_ports=_ports("outbound_ports", lists["outbound_ports"]),
+        exclude_outbound_ports=_ports("exclude_outbound_ports", lists["exclude_outbound_ports"]),
+        exclude_interfaces=tuple(_interface("exclude_interfaces", i) for i in lists["exclude_interfaces"]),
+        reroute_virtual_interfaces=tuple(_interface("reroute_virtual_interfaces", i)
+                                         for i in lists["reroute_virtual_interfaces"]),
+        outbound_owner_groups=owner_groups,
+        exclude_outbound_owner_groups=_ids("exclude_outbound_owner_groups",
+                                           lists["exclude_outbound_owner_groups"], resolve_group),
+        capture_dns=capture_dns,
+        capture_all_dns=capture_all_dns,
+        dns_servers=dns,
+        ipv6=ipv6,
+        ipv4_loopback_cidr=_loopback_cidr(params["ipv4_loopback_cidr"]),
+        drop_invalid=params["drop_invalid"],
+    )
+
+
+def parse_resolv_conf(text):
+    """Nameserver addresses of a resolv.conf, in file order (what Istio captures DNS to)."""
+    servers = []
+    for line in text.splitlines():
+        fields = line.split("#")[0].split(";")[0].split()
+        if len(fields) >= 2 and fields[0] == "nameserver":
+            servers.append(fields[1])
+    return servers
+
+
+def has_global_ipv6(if_inet6_text):
+    """True when ``/proc/net/if_inet6`` lists a global-scope address (ULA included, as Istio's dual stack)."""
+    for line in if_inet6_text.splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and fields[3] == "00":
+            return True
+    return False

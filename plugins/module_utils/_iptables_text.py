@@ -1,0 +1,240 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) meshops.sidecar contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+#
+# Private module utility of meshops.sidecar: no compatibility promise outside this collection.
+
+"""iptables rule text: the canonical ``iptables-save`` form, parsing it, and rule ownership. No I/O.
+
+The kernel does not keep the text a rule was written with: ``iptables-save`` prints
+``-p tcp --dport 1`` as ``-p tcp -m tcp --dport 1``, addresses with their prefix, marks in hex.
+State is therefore compared in that canonical form, which both backends print identically.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import List, Tuple
+
+# Options that take no value; every other option takes exactly one.
+_FLAG_OPTIONS = frozenset(("--save-mark", "--restore-mark"))
+# Options of the implicit match that ``-p tcp|udp`` loads.
+_PROTOCOL_OPTIONS = frozenset(("--sport", "--dport", "--source-port", "--destination-port"))
+_FIELDS = {"-s": "-s", "--source": "-s", "-d": "-d", "--destination": "-d", "-i": "-i", "--in-interface": "-i",
+           "-o": "-o", "--out-interface": "-o", "-p": "-p", "--protocol": "-p"}
+# iptables-save prints the address, interface and protocol fields in this order.
+_FIELD_ORDER = ("-s", "-d", "-i", "-o", "-p")
+_COUNTERS = re.compile(r"^\[\d+:\d+\]\s+")
+_CT_STATES = ("INVALID", "NEW", "RELATED", "ESTABLISHED", "UNTRACKED", "SNAT", "DNAT")
+
+
+@dataclass
+class Option:
+    name: str
+    values: List[str] = field(default_factory=list)
+    negated: bool = False
+
+    def tokens(self):
+        return (["!"] if self.negated else []) + [self.name] + self.values
+
+
+@dataclass
+class ParsedRule:
+    """A rule split into its parts: fields (``-s``, ``-p`` ...), matches (``-m``) and target (``-j``)."""
+
+    fields: dict = field(default_factory=dict)  # flag -> (negated, value)
+    matches: List[Tuple[str, List[Option]]] = field(default_factory=list)
+    target: str = ""
+    target_options: List[Option] = field(default_factory=list)
+
+
+def parse_rule(args):
+    """Parse rule arguments (Istio's input form or iptables-save's form) into a ``ParsedRule``."""
+    tokens = shlex.split(args) if isinstance(args, str) else list(args)
+    rule = ParsedRule()
+    current = None  # options of the match or target being read
+    negate = False
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token == "!":
+            negate = True
+            i += 1
+            continue
+        if token in _FIELDS:
+            rule.fields[_FIELDS[token]] = (negate, tokens[i + 1])
+            i += 2
+        elif token in ("-m", "--match"):
+            current = []
+            rule.matches.append((tokens[i + 1], current))
+            i += 2
+        elif token in ("-j", "--jump"):
+            rule.target = tokens[i + 1]
+            current = rule.target_options
+            i += 2
+        elif token.startswith("--"):
+            if token in _PROTOCOL_OPTIONS and not rule.target and not _match_takes(rule, current, token):
+                current = _implicit_protocol_match(rule, token)
+            if current is None:
+                raise ValueError("option %s before any -m or -j in %r" % (token, " ".join(tokens)))
+            values = [] if token in _FLAG_OPTIONS else [tokens[i + 1]]
+            current.append(Option(token, values, negate))
+            i += 1 + len(values)
+        else:
+            raise ValueError("unexpected %r in rule %r" % (token, " ".join(tokens)))
+        negate = False
+    return rule
+
+
+def _match_takes(rule, current, option):
+    """True when the match being read is the protocol match that owns ``option``."""
+    return bool(rule.matches) and current is rule.matches[-1][1] and rule.matches[-1][0] in ("tcp", "udp")
+
+
+def _implicit_protocol_match(rule, option):
+    negated, proto = rule.fields.get("-p", (False, ""))
+    if proto not in ("tcp", "udp") or negated:
+        raise ValueError("%s needs -p tcp or -p udp" % option)
+    for name, options in rule.matches:
+        if name == proto:
+            return options
+    options = []
+    rule.matches.append((proto, options))
+    return options
+
+
+def _address(value, family):
+    network = ipaddress.ip_network(value, strict=False)
+    if (network.version == 4) != (family == "ipv4"):
+        raise ValueError("address %s is not %s" % (value, family))
+    return "%s/%d" % (network.network_address.compressed, network.prefixlen)
+
+
+def _hex_mark(value):
+    """``1337`` or ``1337/0xffffffff`` as iptables-save prints marks."""
+    parts = [int(part, 0) for part in value.split("/")]
+    return "/".join("0x%x" % part for part in parts)
+
+
+def _canonical_match(name, options):
+    by_name = {o.name: o for o in options}
+    if name in ("tcp", "udp"):
+        ordered = [by_name[o] for o in ("--sport", "--dport") if o in by_name]
+        return [Option(o.name, o.values, o.negated) for o in ordered]
+    if name in ("mark", "connmark"):
+        return [Option(o.name, [_hex_mark(o.values[0])], o.negated) for o in options]
+    if name == "conntrack":
+        return [Option(o.name, [",".join(s for s in _CT_STATES if s in o.values[0].split(","))], o.negated)
+                for o in options]
+    return options
+
+
+def _canonical_target(target, options, family):
+    by_name = {o.name: o for o in options}
+    if target == "REDIRECT":
+        port = (by_name.get("--to-ports") or by_name.get("--to-port")).values
+        return [Option("--to-ports", port)]
+    if target == "MARK" and "--set-mark" in by_name:
+        mark = by_name["--set-mark"].values[0]
+        return [Option("--set-xmark", [_hex_mark(mark if "/" in mark else mark + "/0xffffffff")])]
+    if target == "TPROXY":
+        on_ip = by_name.get("--on-ip", Option("--on-ip", ["0.0.0.0" if family == "ipv4" else "::"]))
+        mark = by_name["--tproxy-mark"].values[0]
+        return [by_name["--on-port"], on_ip,
+                Option("--tproxy-mark", [_hex_mark(mark if "/" in mark else mark + "/0xffffffff")])]
+    if target == "CONNMARK" and ("--save-mark" in by_name or "--restore-mark" in by_name):
+        action = by_name.get("--save-mark") or by_name.get("--restore-mark")
+        return [Option(action.name), by_name.get("--nfmask", Option("--nfmask", ["0xffffffff"])),
+                by_name.get("--ctmask", Option("--ctmask", ["0xffffffff"]))]
+    return options
+
+
+def canonical_args(args, family):
+    """The argument text ``iptables-save`` prints for a rule written as ``args``."""
+    rule = parse_rule(args)
+    out = []
+    for flag in _FIELD_ORDER:
+        if flag in rule.fields:
+            negated, value = rule.fields[flag]
+            if flag in ("-s", "-d"):
+                value = _address(value, family)
+            out += (["!"] if negated else []) + [flag, value]
+    for name, options in rule.matches:
+        out += ["-m", name]
+        for option in _canonical_match(name, options):
+            out += option.tokens()
+    if rule.target:
+        out += ["-j", rule.target]
+        for option in _canonical_target(rule.target, rule.target_options, family):
+            out += option.tokens()
+    return " ".join(out)
+
+
+@dataclass
+class TableDump:
+    """One table of ``iptables-save`` output: chains in printed order, and each chain's rules."""
+
+    chains: dict = field(default_factory=dict)  # chain -> [args text]
+    policies: dict = field(default_factory=dict)  # chain -> policy ('-' for user chains)
+
+
+def parse_save(text):
+    """Parse ``iptables-save`` output into ``{table: TableDump}``; comments and counters are dropped."""
+    tables = {}
+    dump = None
+    for raw in text.splitlines():
+        line = _COUNTERS.sub("", raw.strip())  # iptables-save -c prefixes rules with [packets:bytes]
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("*"):
+            dump = tables.setdefault(line[1:].strip(), TableDump())
+        elif line == "COMMIT":
+            dump = None
+        elif line.startswith(":") and dump is not None:
+            name, policy = line[1:].split()[:2]
+            dump.policies[name] = policy
+            dump.chains.setdefault(name, [])
+        elif line.startswith("-A ") and dump is not None:
+            _, chain, rest = (line + " ").split(" ", 2)
+            dump.chains.setdefault(chain, []).append(rest.strip())
+        else:
+            raise ValueError("cannot parse iptables-save line %r" % raw)
+    return tables
+
+
+def is_owned_chain(chain):
+    return chain.startswith("ISTIO_")
+
+
+# Rules in built-in chains that only Istio's capture writes, whatever options were used
+# (marks, uids, interfaces vary). Written in iptables-save's canonical form.
+_OWNED_BUILTIN_SHAPES = {
+    ("nat", "PREROUTING"): [r"-i \S+ -j RETURN"],
+    ("nat", "OUTPUT"): [r"-o \S+ -j RETURN"],
+    ("mangle", "PREROUTING"): [
+        r"-i \S+ -j RETURN",
+        r"-p tcp -m mark --mark 0x[0-9a-f]+ -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff",
+    ],
+    ("mangle", "OUTPUT"): [
+        r"-o \S+ -j RETURN",
+        r"-o lo -p tcp -m mark --mark 0x[0-9a-f]+ -j RETURN",
+        r"! -d \S+ -o lo -p tcp -m owner --(uid|gid)-owner \d+ -j MARK --set-xmark 0x53a/0xffffffff",
+        r"-p tcp -m connmark --mark 0x[0-9a-f]+ -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff",
+    ],
+    # Istio before 1.25 marked DNS replies directly in raw PREROUTING.
+    ("raw", "PREROUTING"): [r"(-s \S+ )?-p udp -m udp --sport 53 -j CT --zone 1"],
+}
+_OWNED_BUILTIN_RE = {key: re.compile("^(?:%s)$" % "|".join(shapes)) for key, shapes in _OWNED_BUILTIN_SHAPES.items()}
+_JUMP_RE = re.compile(r"(^|\s)-(j|g) ISTIO_\S+(\s|$)")
+
+
+def is_owned_rule(table, chain, args):
+    """True for a rule this collection manages: in an ``ISTIO_*`` chain, a jump into one, or an Istio-only shape."""
+    if is_owned_chain(chain) or _JUMP_RE.search(args):
+        return True
+    shape = _OWNED_BUILTIN_RE.get((table, chain))
+    return bool(shape and shape.match(args))

@@ -1,0 +1,155 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) meshops.sidecar contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+#
+# Private module utility of meshops.sidecar: no compatibility promise outside this collection.
+
+"""Reconciliation: what the kernel holds of ours, what the plan wants, and the change between them. No I/O.
+
+Ownership is stateless, so ``state: absent`` removes what any earlier options created: every
+``ISTIO_*`` chain, every rule in a built-in chain that jumps into one, and the few Istio-only
+rule shapes in built-in chains (``_iptables_text.is_owned_rule``). Foreign rules are never
+part of a change, and rules of ours are only rewritten where they differ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture_plan import BUILTIN_CHAINS, CAPTURE_TABLES
+from ansible_collections.meshops.sidecar.plugins.module_utils._iptables_text import (
+    canonical_args,
+    is_owned_chain,
+    is_owned_rule,
+)
+
+# The order iptables-save prints built-in chains in.
+_BUILTIN_ORDER = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
+
+
+@dataclass
+class OwnedTable:
+    """The rules of ours in one table: whole ``ISTIO_*`` chains, and our rules in built-in chains."""
+
+    chains: dict = field(default_factory=dict)  # ISTIO_* chain -> [args]
+    builtin: dict = field(default_factory=dict)  # built-in chain -> [args], kernel order
+    heads: dict = field(default_factory=dict)  # built-in chain -> how many of its rules go on top
+
+    def is_empty(self):
+        return not self.chains and not any(self.builtin.values())
+
+
+def owned_state(dumps):
+    """``{table: OwnedTable}`` of the rules of ours in parsed ``iptables-save`` output."""
+    state = {}
+    for table in CAPTURE_TABLES:
+        dump = dumps.get(table)
+        owned = OwnedTable()
+        if dump is not None:
+            for chain, rules in dump.chains.items():
+                if is_owned_chain(chain):
+                    owned.chains[chain] = list(rules)
+                elif chain in BUILTIN_CHAINS:
+                    ours = [args for args in rules if is_owned_rule(table, chain, args)]
+                    if ours:
+                        owned.builtin[chain] = ours
+        state[table] = owned
+    return state
+
+
+def desired_state(rules, family):
+    """``{table: OwnedTable}`` the kernel holds after applying ``rules`` (inserts placed as iptables places them)."""
+    state = {table: OwnedTable() for table in CAPTURE_TABLES}
+    for rule in rules:
+        owned = state[rule.table]
+        args = canonical_args(rule.args, family)
+        if rule.chain in BUILTIN_CHAINS:
+            chain_rules = owned.builtin.setdefault(rule.chain, [])
+            if rule.position is None:
+                chain_rules.append(args)
+            elif rule.position == 1:
+                chain_rules.insert(0, args)
+                owned.heads[rule.chain] = owned.heads.get(rule.chain, 0) + 1
+            else:
+                raise ValueError("inserts into built-in chains are only planned at position 1")
+        else:
+            chain_rules = owned.chains.setdefault(rule.chain, [])
+            if rule.position is None:
+                chain_rules.append(args)
+            else:
+                chain_rules.insert(rule.position - 1, args)
+        if rule.jump and is_owned_chain(rule.jump):
+            owned.chains.setdefault(rule.jump, [])
+    return state
+
+
+@dataclass(frozen=True)
+class Op:
+    """One step of a change, in ``iptables-restore`` terms."""
+
+    kind: str  # "declare" (create or flush), "delete", "delete_chain", "append", "insert"
+    chain: str
+    args: str = ""
+    position: int = 0
+
+    def restore_line(self):
+        if self.kind == "declare":
+            return ":%s - [0:0]" % self.chain
+        if self.kind == "delete_chain":
+            return "-X %s" % self.chain
+        if self.kind == "insert":
+            return "-I %s %d %s" % (self.chain, self.position, self.args)
+        return "%s %s %s" % ("-D" if self.kind == "delete" else "-A", self.chain, self.args)
+
+
+def plan_changes(current, desired):
+    """``{table: [Op]}`` that turns ``current`` into ``desired``; tables already right are left out."""
+    changes = {}
+    for table in CAPTURE_TABLES:
+        have, want = current[table], desired[table]
+        rewrite = [c for c in sorted(want.chains) if have.chains.get(c) != want.chains[c]]
+        stale = [c for c in sorted(have.chains) if c not in want.chains]
+        builtins = [c for c in _BUILTIN_ORDER if have.builtin.get(c, []) != want.builtin.get(c, [])]
+        ops = [Op("declare", c) for c in rewrite + stale]
+        for chain in builtins:
+            ops += [Op("delete", chain, args) for args in have.builtin.get(chain, [])]
+        ops += [Op("delete_chain", c) for c in stale]
+        for chain in rewrite:
+            ops += [Op("append", chain, args) for args in want.chains[chain]]
+        for chain in builtins:
+            wanted = want.builtin.get(chain, [])
+            heads = want.heads.get(chain, 0)
+            ops += [Op("insert", chain, args, n + 1) for n, args in enumerate(wanted[:heads])]
+            ops += [Op("append", chain, args) for args in wanted[heads:]]
+        if ops:
+            changes[table] = ops
+    return changes
+
+
+def restore_text(changes):
+    """The change as ``iptables-restore --noflush`` input: one transaction for the family."""
+    lines = []
+    for table in CAPTURE_TABLES:
+        if table in changes:
+            lines.append("*" + table)
+            lines.extend(op.restore_line() for op in changes[table])
+            lines.append("COMMIT")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def render_state(state):
+    """The rules of ours as ``iptables-save`` prints them (tables, then chains, in its order)."""
+    lines = []
+    for table in CAPTURE_TABLES:
+        owned = state[table]
+        if owned.is_empty():
+            continue
+        lines.append("*" + table)
+        lines.extend(":%s - [0:0]" % chain for chain in sorted(owned.chains))
+        for chain in _BUILTIN_ORDER:
+            lines.extend("-A %s %s" % (chain, args) for args in owned.builtin.get(chain, []))
+        for chain in sorted(owned.chains):
+            lines.extend("-A %s %s" % (chain, args) for args in owned.chains[chain])
+        lines.append("COMMIT")
+    return "\n".join(lines) + "\n" if lines else ""

@@ -1,0 +1,351 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) meshops.sidecar contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+#
+# Private module utility of meshops.sidecar: no compatibility promise outside this collection.
+
+"""The two iptables backends, and how ``auto`` picks one (as istio-iptables does).
+
+* ``nft``: the iptables-nft tools. State is read with ``iptables-nft-save`` and a change is one
+  ``iptables-nft-restore --noflush`` run per family: a single nf_tables transaction.
+* ``legacy``: python-iptables (libiptc) in-process, under the xtables lock. libiptc commits a
+  table at a time, so a family's tables are all prepared before any is committed, and tables
+  already committed are put back if a later one fails.
+
+Both read and write the current network namespace: enter it first (``_nsenter.enter``).
+
+libxtables registers an extension for one address family per process: python-iptables cannot
+load, say, TPROXY for IPv4 and then for IPv6 ("target already registered"). So the legacy
+backend does each family's work in a forked child that imports python-iptables afresh, and
+this process never imports it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import importlib
+import importlib.util
+import ipaddress
+import json
+import os
+import sys
+import time
+
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture_plan import CAPTURE_TABLES, IPV4
+from ansible_collections.meshops.sidecar.plugins.module_utils._iptables_text import TableDump, parse_rule, parse_save
+from ansible_collections.meshops.sidecar.plugins.module_utils._reconcile import Op, restore_text
+
+XTABLES_LOCK_TIMEOUT = 30  # seconds, as istio-iptables waits (--wait=30)
+iptc = None  # python-iptables, imported only inside a legacy child process
+
+
+class BackendError(Exception):
+    """A backend is missing, or the kernel refused a change; nothing was changed."""
+
+
+def _tool(family, suffix):
+    return ("iptables" if family == IPV4 else "ip6tables") + suffix
+
+
+class NftBackend:
+    name = "nft"
+
+    def __init__(self, run, which):
+        """``run(argv, data=None) -> (rc, out, err)``; ``which(name) -> path or None``."""
+        self._run = run
+        self._which = which
+
+    def missing(self, families):
+        """Names of the tools this backend needs that the target lacks."""
+        return [tool for family in families for tool in (_tool(family, "-nft-save"), _tool(family, "-nft-restore"))
+                if not self._which(tool)]
+
+    def read(self, family):
+        rc, out, err = self._run([self._which(_tool(family, "-nft-save"))])
+        if rc != 0:
+            raise BackendError("%s failed (rc=%d): %s" % (_tool(family, "-nft-save"), rc, err.strip()))
+        return parse_save(out)
+
+    def apply(self, family, changes):
+        tool = _tool(family, "-nft-restore")
+        rc, out, err = self._run([self._which(tool), "--noflush"], data=restore_text(changes))
+        if rc != 0:
+            raise BackendError("%s --noflush refused the change (rc=%d), nothing was applied: %s"
+                               % (tool, rc, (err or out).strip()))
+
+    def describe(self, family):
+        return "%s --noflush <<EOF" % _tool(family, "-nft-restore")
+
+
+class _XtablesLock:
+    """The lock every legacy iptables writer takes (a plain flock; python-iptables takes none)."""
+
+    def __init__(self, path=None, timeout=XTABLES_LOCK_TIMEOUT):
+        self.path = path or os.environ.get("XTABLES_LOCKFILE", "/run/xtables.lock")
+        self.timeout = timeout
+        self._fd = None
+
+    def __enter__(self):
+        self._fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                    os.close(self._fd)
+                    raise BackendError("could not take the xtables lock %s within %ds: another iptables "
+                                       "writer holds it" % (self.path, self.timeout))
+                time.sleep(0.05)
+
+    def __exit__(self, *exc_info):
+        os.close(self._fd)
+
+
+def _loaded_legacy_tables(family):
+    """Legacy tables that exist in this namespace. Opening one with libiptc would create it."""
+    path = "/proc/net/ip_tables_names" if family == IPV4 else "/proc/net/ip6_tables_names"
+    try:
+        with open(path) as names:
+            return set(names.read().split())
+    except OSError:
+        return set()
+
+
+def _in_child(work, *args):
+    """Run ``work(*args)`` in a forked child and return its JSON-able result (see the module docstring)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never returns
+        os.close(read_end)
+        try:
+            global iptc  # pylint: disable=global-statement
+            iptc = importlib.import_module("iptc")
+            result = {"ok": work(*args)}
+        except BackendError as exc:
+            result = {"error": str(exc)}
+        except Exception as exc:  # pylint: disable=broad-except  # reported to the parent, which fails cleanly
+            result = {"error": "python-iptables: %s: %s" % (type(exc).__name__, exc)}
+        with os.fdopen(write_end, "w") as pipe:
+            pipe.write(json.dumps(result))
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    if not data:
+        raise BackendError("the python-iptables worker process died (a crash in libiptc?)")
+    result = json.loads(data)
+    if "error" in result:
+        raise BackendError(result["error"])
+    return result["ok"]
+
+
+class LegacyBackend:
+    name = "legacy"
+
+    def missing(self, families):
+        if importlib.util.find_spec("iptc") is None:
+            return ["python-iptables (the python3-iptables package, or pip install python-iptables)"]
+        return []
+
+    def read(self, family):
+        chains_by_table = _in_child(_legacy_read, family)
+        dumps = {}
+        for table, chains in chains_by_table.items():
+            dump = TableDump()
+            for chain, rules in chains:
+                dump.chains[chain] = rules
+            dumps[table] = dump
+        return dumps
+
+    def holds_rules(self, family):
+        """True when a legacy table here has a rule or a chain of its own (Istio's reason to stay on legacy)."""
+        if not _loaded_legacy_tables(family):
+            return False
+        try:
+            return _in_child(_legacy_holds_rules, family)
+        except BackendError:
+            return False
+
+    def apply(self, family, changes):
+        _in_child(_legacy_apply, family, [(table, [op.__dict__ for op in ops]) for table, ops in changes.items()])
+
+    def describe(self, family):
+        return "python-iptables (libiptc), %s, under the xtables lock:" % ("IPv4" if family == IPV4 else "IPv6")
+
+
+# What the legacy children run, with python-iptables imported.
+
+def _table(family, name):
+    return (iptc.Table if family == IPV4 else iptc.Table6)(name)
+
+
+def _legacy_rules(family, table):
+    """``{chain: [(args, iptc.Rule)]}`` of a table as the kernel has it now, in chain order."""
+    handle = _table(family, table)
+    handle.refresh()
+    return {chain.name: [(_render_rule(rule, family), rule) for rule in chain.rules] for chain in handle.chains}
+
+
+def _legacy_read(family):
+    loaded = _loaded_legacy_tables(family)
+    result = {}
+    for table in CAPTURE_TABLES:
+        if table in loaded:  # opening a table that is not there would create it
+            rules = _legacy_rules(family, table)
+            result[table] = [(chain, [args for args, _ in chain_rules]) for chain, chain_rules in rules.items()]
+    return result
+
+
+def _legacy_holds_rules(family):
+    for table in _loaded_legacy_tables(family):
+        handle = _table(family, table)
+        handle.refresh()
+        for chain in handle.chains:
+            if not handle.builtin_chain(chain.name) or chain.rules:
+                return True
+    return False
+
+
+def _legacy_apply(family, changes):
+    changes = [(table, [Op(**op) for op in ops]) for table, ops in changes]
+    with _XtablesLock():
+        before = {table: _legacy_rules(family, table) for table, _ in changes}
+        handles = []
+        try:
+            for table, ops in changes:
+                handle = _table(family, table)
+                handle.autocommit = False
+                handle.refresh()
+                _apply_ops(handle, family, ops, before[table])
+                handles.append((table, handle))
+        except (iptc.IPTCError, iptc.xtables.XTablesError, ValueError) as exc:
+            raise BackendError("python-iptables could not prepare the change, nothing was applied: %s" % exc)
+        committed = []
+        for table, handle in handles:
+            try:
+                handle.commit()
+            except iptc.IPTCError as exc:
+                _put_back(family, committed, before)
+                raise BackendError("the kernel refused the %s table (%s); tables already committed were put "
+                                   "back as they were" % (table, exc))
+            committed.append(table)
+    return True
+
+
+def _put_back(family, tables, before):
+    for table in tables:
+        handle = _table(family, table)
+        handle.autocommit = False
+        handle.refresh()
+        now = {chain.name: chain for chain in handle.chains}
+        for name, rules in before[table].items():
+            chain = now.get(name) or handle.create_chain(name)
+            chain.flush()
+            for _, rule in rules:
+                chain.append_rule(rule)
+        for name in now:
+            if name not in before[table] and not handle.builtin_chain(name):
+                now[name].flush()
+                handle.delete_chain(name)
+        handle.commit()
+
+
+def _apply_ops(handle, family, ops, current):
+    """Carry out ``_reconcile.Op`` steps on a libiptc table handle (nothing is committed here)."""
+    # Rules are deleted by number: a rule object read back from libiptc does not always
+    # delete by content. Deletes only touch built-in chains, which are never flushed here.
+    numbered = {chain: [args for args, _ in rules] for chain, rules in current.items()}
+    for op in ops:
+        if op.kind == "declare":
+            if handle.is_chain(op.chain):
+                iptc.Chain(handle, op.chain).flush()
+            else:
+                handle.create_chain(op.chain)
+        elif op.kind == "delete":
+            rules = numbered.get(op.chain, [])
+            if op.args not in rules:
+                raise ValueError("rule to delete not found in %s: %s" % (op.chain, op.args))
+            number = rules.index(op.args)
+            rules.pop(number)
+            # pylint: disable-next=protected-access  # python-iptables has no public delete-by-number
+            if handle._iptc.iptc_delete_num_entry(op.chain.encode(), number, handle._handle) != 1:
+                raise ValueError("cannot delete rule %d of %s: %s" % (number + 1, op.chain, handle.strerror()))
+        elif op.kind == "delete_chain":
+            handle.delete_chain(op.chain)
+        elif op.kind == "append":
+            iptc.Chain(handle, op.chain).append_rule(_build_rule(op.args, family))
+        elif op.kind == "insert":
+            iptc.Chain(handle, op.chain).insert_rule(_build_rule(op.args, family), op.position - 1)
+
+
+def _build_rule(args, family):
+    """A python-iptables rule from canonical iptables-save arguments."""
+    parsed = parse_rule(args)
+    rule = iptc.Rule() if family == IPV4 else iptc.Rule6()
+    setters = {"-s": "src", "-d": "dst", "-i": "in_interface", "-o": "out_interface", "-p": "protocol"}
+    for flag, (negated, value) in parsed.fields.items():
+        setattr(rule, setters[flag], ("!" if negated else "") + value)
+    for name, options in parsed.matches:
+        match = rule.create_match(name)
+        for option in options:
+            match.set_parameter(option.name[2:], ("!" if option.negated else "") + " ".join(option.values))
+    target = rule.create_target(parsed.target)
+    for option in parsed.target_options:
+        target.set_parameter(option.name[2:], " ".join(option.values))
+    return rule
+
+
+def _render_rule(rule, family):
+    """The canonical iptables-save arguments of a python-iptables rule."""
+    ip = rule.get_ip()
+    out = []
+    for flag, value in (("-s", rule.src), ("-d", rule.dst)):
+        negated = value.startswith("!")
+        network = ipaddress.ip_network(value.lstrip("!"), strict=False)
+        if network.prefixlen or negated:
+            out += (["!"] if negated else []) + [flag, "%s/%d" % (network.network_address.compressed,
+                                                                  network.prefixlen)]
+    for flag, value in (("-i", rule.in_interface), ("-o", rule.out_interface)):
+        if value:
+            out += (["!", flag, value[1:]] if value.startswith("!") else [flag, value])
+    protocol = rule.protocol
+    if protocol and protocol not in ("ip", "all", "0"):
+        out += (["!", "-p", protocol[1:]] if protocol.startswith("!") else ["-p", protocol])
+    for match in rule.matches:
+        out += ["-m", match.name]
+        saved = match._get_saved_buf(ip)  # pylint: disable=protected-access  # the extension's own save()
+        if saved:
+            out.append(saved.decode().strip())
+    target = rule.target
+    if target is not None and target.name:
+        out += ["-j", target.name]
+        saved = target._get_saved_buf(ip) if target._module else None  # pylint: disable=protected-access
+        if saved and saved.strip():
+            out.append(saved.decode().strip())
+    return " ".join(out)
+
+
+def select_backend(requested, families, nft, legacy):
+    """Return ``(backend, reason)``: ``auto`` prefers legacy only when legacy already holds rules, else nft."""
+    if requested in ("nft", "legacy"):
+        chosen = nft if requested == "nft" else legacy
+        missing = chosen.missing(families)
+        if missing:
+            raise BackendError("backend=%s: not usable on the target, missing %s" % (requested, ", ".join(missing)))
+        return chosen, "requested"
+    legacy_usable = not legacy.missing(families)
+    if legacy_usable and any(legacy.holds_rules(family) for family in families):
+        return legacy, "legacy tables already hold rules"
+    if not nft.missing(families):
+        return nft, "nft tools present and legacy tables hold no rules"
+    if legacy_usable:
+        return legacy, "nft tools missing (%s)" % ", ".join(nft.missing(families))
+    raise BackendError("backend=auto: neither backend is usable on the target: missing %s"
+                       % ", ".join(nft.missing(families) + legacy.missing(families)))

@@ -1,0 +1,273 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) meshops.sidecar contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+#
+# Private module utility of meshops.sidecar: no compatibility promise outside this collection.
+
+"""What ``istio_redirect_chains`` does, start to end: validate, read, plan, compare, apply, verify.
+
+Everything is decided before anything is changed: bad options, a missing namespace or tool, or
+an SSH port that would be captured fail with nothing touched. Each address family is then
+applied as one transaction; if a later family fails, the earlier one is put back.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+
+from ansible_collections.meshops.sidecar.plugins.module_utils import _nsenter
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture_options import (
+    OptionError,
+    build_options,
+    has_global_ipv6,
+    parse_resolv_conf,
+)
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture_plan import FAMILIES, IPV4, IPV6, plan_rules
+from ansible_collections.meshops.sidecar.plugins.module_utils._host_safety import captures_inbound_port, ssh_session
+from ansible_collections.meshops.sidecar.plugins.module_utils._reconcile import (
+    desired_state,
+    owned_state,
+    plan_changes,
+    render_state,
+    restore_text,
+)
+from ansible_collections.meshops.sidecar.plugins.module_utils._routes import (
+    RouteManager,
+    desired_policy_routes,
+)
+from ansible_collections.meshops.sidecar.plugins.module_utils._verify import VerifyError, verify_capture
+from ansible_collections.meshops.sidecar.plugins.module_utils._xtables import (
+    BackendError,
+    LegacyBackend,
+    NftBackend,
+    select_backend,
+)
+
+_FAMILY_TITLE = {IPV4: "IPv4", IPV6: "IPv6"}
+
+
+class CaptureError(Exception):
+    """The run must fail; ``details`` go into the module result."""
+
+    def __init__(self, msg, **details):
+        super().__init__(msg)
+        self.details = details
+
+
+def _uid_of(name):
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return None
+
+
+def _gid_of(name):
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
+
+
+def _read_file(path, default=""):
+    try:
+        with open(path) as handle:
+            return handle.read()
+    except OSError:
+        return default
+
+
+def default_dns_servers(netns):
+    """Nameservers the workload uses: ``/etc/netns/NAME/resolv.conf`` (what ``ip netns exec`` shows it), else ``/etc/resolv.conf``."""
+    if netns and os.path.exists("/etc/netns/%s/resolv.conf" % netns):
+        return parse_resolv_conf(_read_file("/etc/netns/%s/resolv.conf" % netns))
+    return parse_resolv_conf(_read_file("/etc/resolv.conf"))
+
+
+class CaptureRun:
+    def __init__(self, params, check_mode, run, which, warn):
+        self.params = params
+        self.check_mode = check_mode
+        self.run = run
+        self.which = which
+        self.warn = warn
+        self.netns = params.get("netns")
+        self.present = params["state"] == "present"
+
+    def execute(self):
+        home_inode = _nsenter.inode_of()
+        if self.netns is not None:
+            problem = _nsenter.name_error(self.netns)
+            if problem:
+                raise CaptureError("netns=%r: %s" % (self.netns, problem))
+            try:
+                _nsenter.enter(self.netns)
+            except _nsenter.NetnsError as exc:
+                raise CaptureError("netns=%r: %s" % (self.netns, exc))
+        ipv6_kernel = os.path.exists("/proc/net/if_inet6")
+
+        opts = None
+        if self.present:
+            try:
+                opts = build_options(
+                    self.params, _uid_of, _gid_of,
+                    lambda: default_dns_servers(self.netns),
+                    lambda: has_global_ipv6(_read_file("/proc/net/if_inet6")))
+            except OptionError as exc:
+                raise CaptureError(str(exc))
+            if opts.ipv6 and not ipv6_kernel:
+                raise CaptureError("ipv6=true: IPv6 is disabled in this network namespace's kernel")
+            if self.params["capture_dns"] and not opts.redirect_dns:
+                self.warn("capture_dns=true but there are no nameservers to capture (dns_servers is empty and "
+                          "resolv.conf lists none): DNS capture is off, as Istio does")
+            self._refuse_capturing_ssh(opts, home_inode)
+        families = opts.families if opts else (IPV4,)
+
+        nft = NftBackend(self.run, self.which)
+        legacy = LegacyBackend()
+        try:
+            backend, reason = select_backend(self.params["backend"], families, nft, legacy)
+        except BackendError as exc:
+            raise CaptureError(str(exc))
+
+        plan = plan_rules(opts) if opts else {}
+        before, after, changes = {}, {}, {}
+        for family in FAMILIES:
+            wanted = family in plan
+            try:
+                current = owned_state(backend.read(family))
+            except BackendError as exc:
+                if wanted:
+                    raise CaptureError(str(exc))
+                continue  # e.g. no IPv6 in this kernel: nothing of ours can be there
+            before[family] = current
+            after[family] = desired_state(plan.get(family, []), family)
+            family_changes = plan_changes(current, after[family])
+            if family_changes:
+                changes[family] = family_changes
+        self._warn_about_other_backend(backend, nft, legacy, families)
+
+        routes = RouteManager(self.run, ipv6_kernel)
+        try:
+            routes_now = routes.policy_routes()
+            passthrough_now = routes.has_passthrough_v6()
+        except RuntimeError as exc:
+            raise CaptureError("reading routes: %s" % exc)
+        routes_wanted = desired_policy_routes(opts, self.present) if opts else set()
+        passthrough_wanted = bool(opts and opts.ipv6)
+        route_commands = []
+        for stale in sorted(routes_now - routes_wanted):
+            route_commands += stale.delete_commands()
+        for missing in sorted(routes_wanted - routes_now):
+            route_commands += missing.add_commands()
+        if passthrough_wanted and not passthrough_now:
+            route_commands.append(["ip", "-6", "addr", "add", "::6/128", "dev", "lo"])
+        elif not self.present and passthrough_now:
+            route_commands.append(["ip", "-6", "addr", "del", "::6/128", "dev", "lo"])
+
+        commands = []
+        for family in FAMILIES:
+            if family in changes:
+                commands.append(backend.describe(family))
+                commands.extend(restore_text(changes[family]).splitlines())
+                if backend.name == "nft":
+                    commands.append("EOF")
+        commands.extend(" ".join(argv) for argv in route_commands)
+
+        result = {
+            "changed": bool(changes or route_commands),
+            "backend": backend.name,
+            "backend_reason": reason,
+            "ipv6": bool(opts and opts.ipv6),
+            "rules": {family: render_state(after[family]) for family in FAMILIES
+                      if family in plan and family in after},
+            "commands": commands,
+            "diff": {
+                "before": self._describe(before, routes_now, passthrough_now),
+                "after": self._describe(after, routes_wanted if self.present else set(),
+                                        passthrough_wanted or (self.present and passthrough_now)),
+            },
+        }
+        if self.check_mode or not result["changed"]:
+            if self.params["verify"] and self.present and not self.check_mode:
+                result.update(self._verify(opts))
+            return result
+
+        self._apply(backend, changes, before)
+        try:
+            routes.run_all(route_commands)
+        except RuntimeError as exc:
+            raise CaptureError("the rules were applied, but a route change failed: %s" % exc, **result)
+        if self.params["verify"] and self.present:
+            result.update(self._verify(opts))
+        return result
+
+    def _refuse_capturing_ssh(self, opts, home_inode):
+        session = ssh_session()
+        if session is None:
+            return
+        port, session_inode = session
+        target_inode = _nsenter.inode_of(self.netns) if self.netns else home_inode
+        if session_inode == target_inode and captures_inbound_port(opts, port):
+            raise CaptureError(
+                "refusing to capture inbound TCP port %d: it carries the SSH session this task runs over, in "
+                "the same network namespace, and new connections to it would go to the proxy. Add %d to "
+                "exclude_inbound_ports (Istio's VM configuration excludes 22), or narrow inbound_ports." % (port, port))
+
+    def _warn_about_other_backend(self, backend, nft, legacy, families):
+        other = legacy if backend is nft else nft
+        if other.missing(families):
+            return
+        for family in families:
+            if other is legacy and not legacy.holds_rules(family):
+                continue
+            try:
+                theirs = owned_state(other.read(family))
+            except BackendError:
+                continue
+            if any(not table.is_empty() for table in theirs.values()):
+                self.warn("the %s backend also holds ISTIO_* rules (%s): both rule sets are live in the kernel. "
+                          "Remove them with state=absent backend=%s." % (other.name, _FAMILY_TITLE[family],
+                                                                       other.name))
+
+    def _apply(self, backend, changes, before):
+        applied = []
+        for family in FAMILIES:
+            if family not in changes:
+                continue
+            try:
+                backend.apply(family, changes[family])
+            except BackendError as exc:
+                for done in applied:  # put earlier families back as they were
+                    try:
+                        backend.apply(done, plan_changes(owned_state(backend.read(done)), before[done]))
+                    except BackendError as undo:
+                        raise CaptureError("%s; putting %s back failed too: %s" % (exc, _FAMILY_TITLE[done], undo))
+                raise CaptureError("%s: %s" % (_FAMILY_TITLE[family], exc))
+            applied.append(family)
+
+    @staticmethod
+    def _describe(states, policy_routes, passthrough):
+        parts = []
+        for family in FAMILIES:
+            if family in states:
+                parts.append("# %s rules of ours\n%s" % (_FAMILY_TITLE[family], render_state(states[family])))
+        lines = [route.describe() for route in sorted(policy_routes)]
+        if passthrough:
+            lines.append("ipv6: ::6/128 on lo")
+        if lines:
+            parts.append("# routes and addresses\n" + "\n".join(lines) + "\n")
+        return "".join(parts)
+
+    def _verify(self, opts):
+        uid = int(opts.proxy_uids[0])
+        gid = int(opts.proxy_gids[0])
+        probes = []
+        try:
+            for family in opts.families:
+                probes.append(verify_capture(family, uid, gid, opts.inbound_capture_port))
+        except VerifyError as exc:
+            raise CaptureError("verify=true: %s" % exc, verified=False, verification=probes)
+        return {"verified": True, "verification": probes}

@@ -1,0 +1,107 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) meshops.sidecar contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+#
+# Private module utility of meshops.sidecar: no compatibility promise outside this collection.
+
+"""The routing side of capture: TPROXY's fwmark policy route, and ``::6`` on ``lo`` for IPv6.
+
+TPROXY-marked packets must be delivered locally: ``ip rule fwmark MARK lookup TABLE`` plus
+``local default dev lo table TABLE``. Ownership is by shape, as for rules: any fwmark rule
+whose table holds exactly that local default route is Istio's, whatever mark and table an
+earlier run used. Envoy binds ``::6`` for IPv6 inbound passthrough, which ``lo`` lacks (::1/128).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture_plan import IPV4, IPV6
+
+PASSTHROUGH_V6 = "::6"
+
+
+@dataclass(frozen=True, order=True)
+class PolicyRoute:
+    family: str
+    mark: int
+    table: int
+
+    def describe(self):
+        return "%s: ip rule fwmark 0x%x lookup %d; local default dev lo table %d" % (
+            self.family, self.mark, self.table, self.table)
+
+    def add_commands(self):
+        flag = ["-6"] if self.family == IPV6 else []
+        return [["ip"] + flag + ["rule", "add", "fwmark", str(self.mark), "lookup", str(self.table)],
+                ["ip"] + flag + ["route", "replace", "local", "default", "dev", "lo", "table", str(self.table)]]
+
+    def delete_commands(self):
+        flag = ["-6"] if self.family == IPV6 else []
+        return [["ip"] + flag + ["rule", "del", "fwmark", str(self.mark), "lookup", str(self.table)],
+                ["ip"] + flag + ["route", "del", "local", "default", "dev", "lo", "table", str(self.table)]]
+
+
+def parse_policy_routes(family, rules_json, routes_of_table):
+    """Istio-shaped policy routes from ``ip -json rule show``; ``routes_of_table(t)`` gives ``ip -json route`` data."""
+    found = set()
+    for rule in json.loads(rules_json or "[]"):
+        if "fwmark" not in rule or not str(rule.get("table", "")).isdigit():
+            continue
+        table = int(rule["table"])
+        routes = routes_of_table(table)
+        if any(r.get("type") == "local" and r.get("dst") == "default" and r.get("dev") == "lo" for r in routes):
+            found.add(PolicyRoute(family, int(str(rule["fwmark"]).split("/")[0], 0), table))
+    return found
+
+
+def desired_policy_routes(opts, present):
+    if not present or not opts.tproxy or opts.inbound_ports == ():
+        return set()
+    return {PolicyRoute(family, opts.tproxy_mark, opts.tproxy_route_table) for family in opts.families}
+
+
+def has_passthrough_v6(addr_json):
+    for link in json.loads(addr_json or "[]"):
+        for info in link.get("addr_info", []):
+            if info.get("local") == PASSTHROUGH_V6 and info.get("prefixlen") == 128:
+                return True
+    return False
+
+
+class RouteManager:
+    """Reads and changes policy routes and the ``::6`` address with ``ip`` in the current namespace."""
+
+    def __init__(self, run, ipv6_kernel):
+        self._run = run
+        self.ipv6_kernel = ipv6_kernel
+
+    def _json(self, argv):
+        rc, out, err = self._run(argv)
+        if rc != 0:
+            raise RuntimeError("%s failed (rc=%d): %s" % (" ".join(argv), rc, err.strip()))
+        return out
+
+    def policy_routes(self):
+        found = set()
+        for family in (IPV4, IPV6) if self.ipv6_kernel else (IPV4,):
+            flag = ["-6"] if family == IPV6 else []
+            rules = self._json(["ip"] + flag + ["-json", "rule", "show"])
+            found |= parse_policy_routes(
+                family, rules,
+                lambda table, flag=flag: json.loads(
+                    self._json(["ip"] + flag + ["-json", "route", "show", "table", str(table)]) or "[]"))
+        return found
+
+    def has_passthrough_v6(self):
+        if not self.ipv6_kernel:
+            return False
+        return has_passthrough_v6(self._json(["ip", "-6", "-json", "addr", "show", "dev", "lo"]))
+
+    def run_all(self, commands):
+        for argv in commands:
+            rc, out, err = self._run(argv)
+            if rc != 0:
+                raise RuntimeError("%s failed (rc=%d): %s" % (" ".join(argv), rc, (err or out).strip()))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import json
 import os
 from contextlib import contextmanager
 
@@ -133,3 +134,62 @@ def entered(name):
             _setns(home)
     finally:
         os.close(home)
+
+
+def _unshare_net():
+    if hasattr(os, "unshare"):  # Python >= 3.12
+        os.unshare(CLONE_NEWNET)
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    if libc.unshare(CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def in_new_namespace(func, *args):
+    """Return ``func(*args)`` computed in a child process inside a new, empty, unnamed network namespace.
+
+    The namespace disappears with the child: a place to try things (which ``net.*`` sysctls a
+    namespace has, which values the kernel accepts) without touching any real namespace, in check
+    mode too. ``func`` must return something ``json`` can encode.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        status = 0
+        try:
+            os.close(read_end)
+            try:
+                _unshare_net()
+                payload = {"result": func(*args)}
+            except OSError as exc:
+                payload = {"errno": exc.errno, "error": exc.strerror or str(exc)}
+            except Exception as exc:  # pylint: disable=broad-except
+                payload = {"errno": None, "error": "%s: %s" % (type(exc).__name__, exc)}
+            data = json.dumps(payload).encode("utf-8")
+            while data:
+                data = data[os.write(write_end, data):]
+        except BaseException:  # pylint: disable=broad-except
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    chunks = []
+    try:
+        while True:
+            chunk = os.read(read_end, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    try:
+        payload = json.loads(b"".join(chunks).decode("utf-8"))
+    except ValueError:
+        raise NetnsError("the helper process in a new network namespace ended without an answer")
+    if "result" not in payload:
+        if payload.get("errno") == errno.EPERM:
+            raise NetnsError("creating a network namespace needs root (CAP_SYS_ADMIN)")
+        raise NetnsError("cannot work in a new network namespace: %s" % payload.get("error"))
+    return payload["result"]

@@ -1,0 +1,157 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) meshops.sidecar contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Option validation: Istio-style lists, clear errors naming option and value, defaults left to the target."""
+
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture_options import (
+    OptionError,
+    build_options,
+    has_global_ipv6,
+    items,
+    parse_resolv_conf,
+)
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture_plan import IPV4, IPV6
+
+DEFAULTS = dict(
+    proxy_port=15001, inbound_capture_port=15006, inbound_tunnel_port=15008, proxy_uid=["1337"], proxy_gid=None,
+    inbound_interception_mode="REDIRECT", tproxy_mark=1337, tproxy_route_table=133, inbound_ports=["*"],
+    exclude_inbound_ports=["15090", "15021", "15020"], outbound_ip_ranges=["*"], exclude_outbound_ip_ranges=[],
+    outbound_ports=[], exclude_outbound_ports=[], exclude_interfaces=[], reroute_virtual_interfaces=[],
+    outbound_owner_groups=["*"], exclude_outbound_owner_groups=[], capture_dns=False, capture_all_dns=False,
+    dns_servers=None, ipv6=None, ipv4_loopback_cidr="127.0.0.1/32", drop_invalid=False,
+)
+USERS = {"istio-proxy": 998}
+GROUPS = {"istio-proxy": 997, "apps": 500}
+
+
+def build(**overrides):
+    calls = []
+
+    def resolv():
+        calls.append("resolv")
+        return ["198.18.0.53", "2001:db8::53"]
+
+    def ipv6():
+        calls.append("ipv6")
+        return False
+
+    opts = build_options(dict(DEFAULTS, **overrides), USERS.get, GROUPS.get, resolv, ipv6)
+    return opts, calls
+
+
+def error(**overrides):
+    with pytest.raises(OptionError) as info:
+        build(**overrides)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("value,expected", [
+    (None, None), ("", []), ("a,b,,c ", ["a", "b", "c"]), (["a", " ", 80], ["a", "80"]), ([], []),
+])
+def test_istio_style_lists(value, expected):
+    assert items(value) == expected
+
+
+def test_defaults_are_istio_k8s_defaults():
+    opts, calls = build()
+    assert opts.proxy_uids == ("1337",) and opts.proxy_gids == ("1337",)
+    assert opts.inbound_ports == "*" and opts.outbound_ip_ranges == "*"
+    assert opts.exclude_inbound_ports == ("15090", "15021", "15020")
+    assert opts.ipv6 is False and calls == ["ipv6"]  # resolv.conf is only read for DNS capture
+
+
+def test_proxy_gid_defaults_to_the_uid_values_resolved_as_groups():
+    opts, _ = build(proxy_uid=["istio-proxy"])
+    assert opts.proxy_uids == ("998",)
+    assert opts.proxy_gids == ("997",)  # the istio-proxy group, not the uid number
+
+
+def test_numbers_are_taken_as_they_are():
+    opts, _ = build(proxy_uid=["0042"], proxy_gid=["7"])
+    assert opts.proxy_uids == ("42",) and opts.proxy_gids == ("7",)
+
+
+@pytest.mark.parametrize("overrides,option,value", [
+    (dict(proxy_uid=["nobody-here"]), "proxy_uid", "nobody-here"),
+    (dict(proxy_gid=["no-group"]), "proxy_gid", "no-group"),
+    (dict(exclude_outbound_owner_groups=["no-group"]), "exclude_outbound_owner_groups", "no-group"),
+    (dict(exclude_outbound_ip_ranges=["300.1.2.3/8"]), "exclude_outbound_ip_ranges", "300.1.2.3/8"),
+    (dict(exclude_outbound_ip_ranges=["198.18.0.1"]), "exclude_outbound_ip_ranges", "198.18.0.1"),
+    (dict(outbound_ip_ranges=["2001:db8::/129"]), "outbound_ip_ranges", "2001:db8::/129"),
+    (dict(exclude_inbound_ports=["70000"]), "exclude_inbound_ports", "70000"),
+    (dict(exclude_inbound_ports=["0"]), "exclude_inbound_ports", "0"),
+    (dict(outbound_ports=["http"]), "outbound_ports", "http"),
+    (dict(exclude_outbound_ports=["9000:8000"]), "exclude_outbound_ports", "9000:8000"),
+    (dict(inbound_ports=["*", "80"]), "inbound_ports", "['*', '80']"),
+    (dict(exclude_interfaces=["a-very-long-interface"]), "exclude_interfaces", "a-very-long-interface"),
+    (dict(reroute_virtual_interfaces=["br/0"]), "reroute_virtual_interfaces", "br/0"),
+    (dict(dns_servers=["dns.example"], capture_dns=True), "dns_servers", "dns.example"),
+    (dict(ipv4_loopback_cidr="10.0.0.0/8"), "ipv4_loopback_cidr", "10.0.0.0/8"),
+    (dict(ipv4_loopback_cidr="127.0.0.0/4"), "ipv4_loopback_cidr", "127.0.0.0/4"),
+    (dict(ipv4_loopback_cidr="127.0.0.1"), "ipv4_loopback_cidr", "127.0.0.1"),
+    (dict(tproxy_route_table=254), "tproxy_route_table", "254"),
+    (dict(tproxy_mark=0), "tproxy_mark", "0"),
+    (dict(proxy_port=0), "proxy_port", "0"),
+    (dict(inbound_capture_port=65536), "inbound_capture_port", "65536"),
+    (dict(proxy_uid=[]), "proxy_uid", "[]"),
+    (dict(exclude_outbound_ip_ranges=["*"]), "exclude_outbound_ip_ranges", "*"),
+    (dict(outbound_owner_groups=[str(g) for g in range(65)]), "outbound_owner_groups", "65"),
+])
+def test_bad_values_name_option_and_value(overrides, option, value):
+    message = error(**overrides)
+    assert message.startswith(option + "=")
+    assert value in message
+
+
+def test_ports_and_ranges():
+    opts, _ = build(exclude_inbound_ports="22, 8000-8100,15020", outbound_ports=[443], inbound_ports="80")
+    assert opts.exclude_inbound_ports == ("22", "8000:8100", "15020")
+    assert opts.outbound_ports == ("443",) and opts.inbound_ports == ("80",)
+
+
+def test_empty_lists_mean_none():
+    opts, _ = build(inbound_ports=[], outbound_ip_ranges="")
+    assert opts.inbound_ports == () and opts.outbound_ip_ranges == ()
+
+
+def test_cidrs_keep_their_family_and_istio_text():
+    opts, _ = build(exclude_outbound_ip_ranges=["198.18.7.9/16", "2001:0DB8::/32"])
+    assert opts.exclude_outbound_ip_ranges == ((IPV4, "198.18.7.9/16"), (IPV6, "2001:db8::/32"))
+
+
+def test_dns_servers_default_to_the_namespace_resolv_conf_only_when_capturing():
+    opts, calls = build(capture_dns=True)
+    assert opts.dns_servers == ((IPV4, "198.18.0.53"), (IPV6, "2001:db8::53"))
+    assert "resolv" in calls
+    opts, calls = build(capture_dns=True, dns_servers=[])
+    assert opts.dns_servers == () and not opts.redirect_dns and "resolv" not in calls
+    opts, calls = build(capture_dns=True, capture_all_dns=True)
+    assert opts.redirect_dns and "resolv" not in calls
+
+
+def test_explicit_ipv6_skips_detection():
+    opts, calls = build(ipv6=True)
+    assert opts.ipv6 is True and "ipv6" not in calls
+
+
+def test_owner_groups_resolve():
+    opts, _ = build(outbound_owner_groups=["apps", "10"])
+    assert opts.outbound_owner_groups == ("500", "10")
+
+
+def test_resolv_conf_parsing():
+    text = "# comment\nsearch example\nnameserver 198.18.0.53 # local\nnameserver  2001:db8::53\n;nameserver 1.2.3.4\n"
+    assert parse_resolv_conf(text) == ["198.18.0.53", "2001:db8::53"]
+
+
+def test_global_ipv6_detection():
+    loopback = "00000000000000000000000000000001 01 80 10 80       lo\n"
+    link = "fe800000000000000000000000000001 02 40 20 80     eth0\n"
+    ula = "fd000000000000000000000000000001 02 40 00 80     eth0\n"
+    assert not has_global_ipv6(loopback + link)
+    assert has_global_ipv6(loopback + ula)

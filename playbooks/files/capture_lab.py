@@ -8,8 +8,10 @@
 Subcommands:
 
   serve   Listen on TCP and/or UDP ports inside a named network namespace, in the background,
-          and answer every connection or datagram with one JSON line that says who answered,
-          on which local address, and what the original destination was before NAT.
+          optionally as another uid/gid (a stand-in proxy runs as the proxy uid, like Envoy and
+          the DNS proxy do), and answer every connection or datagram with one JSON line that
+          says who answered, on which local address, what the original destination was before
+          NAT, and (for a client in the same namespace) the uid that owns the client socket.
   probe   Connect (TCP) or send a datagram (UDP) from inside a namespace, as a given uid/gid,
           and print the answer (or the error) as one JSON line.
   stop    Stop a server started by ``serve``, by its pidfile.
@@ -339,7 +341,9 @@ def open_server_socket(family, kind, port):
         if family == socket.AF_INET6 and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
             return None
         proto = "tcp" if kind == socket.SOCK_STREAM else "udp"
-        raise LabError("cannot listen on %s/%s: %s" % (format_endpoint(wildcard, port), proto, exc.strerror)) from None
+        hint = " (ports below 1024 need root: serve them without --uid)" if exc.errno == errno.EACCES else ""
+        raise LabError("cannot listen on %s/%s: %s%s"
+                       % (format_endpoint(wildcard, port), proto, exc.strerror, hint)) from None
     return sock
 
 
@@ -465,7 +469,7 @@ def serve_forever(label, sockets, max_seconds):
         if remaining <= 0:
             log.info("stopping: --max-seconds reached")
             return
-        readable, _, _ = select.select(sockets, [], [], remaining)
+        readable = select.select(sockets, [], [], remaining)[0]
         for sock in readable:
             if sock.type == socket.SOCK_STREAM:
                 answer_tcp(label, sock)
@@ -473,65 +477,109 @@ def serve_forever(label, sockets, max_seconds):
                 answer_udp(label, sock)
 
 
-def _detach_stdio(logfile):
+def describe_sockets(sockets):
+    return [format_endpoint(*sock.getsockname()[:2]) + ("/tcp" if sock.type == socket.SOCK_STREAM else "/udp")
+            for sock in sockets]
+
+
+def become(uid, gid):
+    """Take ``uid``/``gid`` (None keeps the current one), with no supplementary groups when root."""
+    if os.geteuid() == 0:
+        os.setgroups([])
+    if gid is not None:
+        os.setgid(gid)
+    if uid is not None:
+        os.setuid(uid)
+
+
+def _detach_stdio(log_fd):
     null = os.open(os.devnull, os.O_RDWR)
-    out = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644) if logfile else null
+    out = null if log_fd is None else log_fd
     os.dup2(null, 0)
     os.dup2(out, 1)
     os.dup2(out, 2)
-    for fd in {null, out}:
+    for fd in sorted({null, out}):
         if fd > 2:
             os.close(fd)
 
 
-def run_daemon(args, sockets, pidfile, logfile, ready_fd):
-    """Body of the background server (runs in the grandchild). Never returns."""
+def _report(fd, message):
+    os.write(fd, (json.dumps(message) + "\n").encode())
+    os.close(fd)
+
+
+def run_daemon(args, tcp_ports, udp_ports, log_fd, ready_fd):
+    """Body of the background server (the grandchild of the caller). Never returns.
+
+    It tells the waiting caller, through ``ready_fd``, either ``{"pid": ..., "listening": [...]}``
+    once every socket is bound, or ``{"error": ...}``.
+    """
     status = 1
     try:
         os.chdir("/")
         os.umask(0o022)
-        _detach_stdio(logfile)
-        logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s capture_lab[%(process)d] %(message)s")
+        _detach_stdio(log_fd)
+        logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                            format="%(asctime)s capture_lab[%(process)d] %(message)s")
+        try:
+            enter_netns(args.netns)
+            # Before the sockets: netfilter's owner match sees who created a socket, so a stand-in
+            # proxy must create its sockets as the proxy uid (DNS capture's conntrack-zone rules need it).
+            become(args.uid, args.gid)
+            sockets = open_server_sockets(tcp_ports, udp_ports)
+        except LabError as exc:
+            _report(ready_fd, {"error": str(exc)})
+            return
+        except OSError as exc:
+            _report(ready_fd, {"error": "cannot run as uid %s gid %s: %s" % (args.uid, args.gid, exc.strerror)})
+            return
         signal.signal(signal.SIGTERM, _raise_stop)
         signal.signal(signal.SIGINT, _raise_stop)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        pid = os.getpid()
+        listening = describe_sockets(sockets)
+        log.info("serving %r in netns %r as uid %d gid %d: %s", args.label, args.netns, os.getuid(), os.getgid(),
+                 ", ".join(listening))
+        _report(ready_fd, {"pid": os.getpid(), "listening": listening})
         try:
-            temporary = "%s.%d.tmp" % (pidfile, pid)
-            with open(temporary, "w") as handle:
-                handle.write("%d\n" % pid)
-            os.replace(temporary, pidfile)
-            os.write(ready_fd, b"ready\n")
-            os.close(ready_fd)
-            log.info("serving %r in netns %r: %s", args.label, args.netns,
-                     ", ".join(format_endpoint(*s.getsockname()[:2]) + ("/tcp" if s.type == socket.SOCK_STREAM else "/udp")
-                               for s in sockets))
             serve_forever(args.label, sockets, args.max_seconds)
-            status = 0
         except _Stop as stop:
             log.info("stopping: %s", stop)
-            status = 0
         finally:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             for sock in sockets:
                 sock.close()
-            remove_pidfile(pidfile, only_pid=pid)
-    except BaseException:  # the daemon has no caller to report to but its log
+            remove_pidfile(args.pidfile, only_pid=os.getpid())  # best effort: the uid may not be allowed to
+        status = 0
+    except BaseException:  # the daemon has nobody to report to but its log
         log.exception("server failed")
     finally:
         os._exit(status)
 
 
-def wait_until_ready(ready_fd, pidfile, logfile):
-    """In the caller: wait for the daemon's "ready" (its pidfile is written by then)."""
-    readable, _, _ = select.select([ready_fd], [], [], READY_TIMEOUT)
-    answer = os.read(ready_fd, 64) if readable else b""
+def read_report(ready_fd, logfile):
+    """In the caller: the daemon's first message, or LabError when it died or hangs."""
+    data = b""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not data.endswith(b"\n"):
+        readable = select.select([ready_fd], [], [], max(0.0, deadline - time.monotonic()))[0]
+        chunk = os.read(ready_fd, 4096) if readable else b""
+        if not chunk:
+            break
+        data += chunk
     os.close(ready_fd)
-    if answer.startswith(b"ready"):
-        return read_pidfile(pidfile)
-    where = " (see %s)" % logfile if logfile else " (use --logfile to see why)"
-    raise LabError("the server did not become ready" + where)
+    try:
+        return json.loads(data.decode())
+    except ValueError:
+        where = " (see %s)" % logfile if logfile else " (use --logfile to see why)"
+        raise LabError("the server exited before it was ready" + where) from None
+
+
+def write_pidfile(path, pid):
+    temporary = "%s.%d.tmp" % (path, pid)
+    with open(temporary, "w") as handle:
+        handle.write("%d\n" % pid)
+    os.replace(temporary, path)
 
 
 def cmd_serve(args):
@@ -541,38 +589,47 @@ def cmd_serve(args):
         raise UsageError("give at least one --tcp or --udp port")
     if not args.label:
         raise UsageError("--label must not be empty")
-    if args.max_seconds <= 0:
-        raise UsageError("--max-seconds must be positive")
-    pidfile = os.path.abspath(args.pidfile)
+    args.pidfile = os.path.abspath(args.pidfile)
     logfile = os.path.abspath(args.logfile) if args.logfile else None
-    if not os.path.isdir(os.path.dirname(pidfile)):
-        raise LabError("the directory of pidfile %s does not exist" % pidfile)
-    running = running_server(pidfile)
+    if not os.path.isdir(os.path.dirname(args.pidfile)):
+        raise LabError("the directory of pidfile %s does not exist" % args.pidfile)
+    running = running_server(args.pidfile)
     if running:
-        raise LabError("a capture_lab server (pid %d) already runs with pidfile %s" % (running, pidfile))
-
-    enter_netns(args.netns)
-    sockets = open_server_sockets(tcp_ports, udp_ports)
-    bound = [format_endpoint(*s.getsockname()[:2]) + ("/tcp" if s.type == socket.SOCK_STREAM else "/udp") for s in sockets]
+        raise LabError("a capture_lab server (pid %d) already runs with pidfile %s" % (running, args.pidfile))
+    try:
+        log_fd = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644) if logfile else None
+    except OSError as exc:
+        raise LabError("cannot open logfile %s: %s" % (logfile, exc.strerror)) from None
 
     ready_r, ready_w = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
     child = os.fork()
-    if child:  # the caller: wait for the daemon, report, exit
-        os.close(ready_w)
-        for sock in sockets:
-            sock.close()
-        os.waitpid(child, 0)
-        pid = wait_until_ready(ready_r, pidfile, logfile)
-        print(json.dumps({"serving": args.label, "pid": pid, "netns": args.netns, "listening": bound}))
-        return 0
-    os.close(ready_r)
-    os.setsid()
-    if os.fork():
-        os._exit(0)  # the intermediate child; the daemon is re-parented and can never get a terminal
-    run_daemon(args, sockets, pidfile, logfile, ready_w)
-    return 1  # not reached
+    if child == 0:
+        try:
+            os.close(ready_r)
+            os.setsid()
+            if os.fork() == 0:  # the daemon, re-parented once its parent exits: it can never get a terminal
+                run_daemon(args, tcp_ports, udp_ports, log_fd, ready_w)
+        finally:
+            os._exit(0)
+    # The caller: wait for the daemon to bind everything, then write its pidfile and report.
+    os.close(ready_w)
+    if log_fd is not None:
+        os.close(log_fd)
+    os.waitpid(child, 0)
+    report = read_report(ready_r, logfile)
+    if "error" in report:
+        raise LabError(report["error"])
+    pid = report["pid"]
+    try:
+        write_pidfile(args.pidfile, pid)
+    except OSError as exc:
+        os.kill(pid, signal.SIGTERM)  # our own daemon: without a pidfile nobody could stop it
+        raise LabError("cannot write pidfile %s: %s" % (args.pidfile, exc.strerror)) from None
+    print(json.dumps({"serving": args.label, "pid": pid, "netns": args.netns, "uid": args.uid, "gid": args.gid,
+                      "listening": report["listening"]}))
+    return 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -615,12 +672,7 @@ def _read_line(sock):
 def _probe(netns, address, port, udp, uid, gid, source, timeout):
     """Runs in a forked child: enter the namespace, become uid/gid, connect, return the answer."""
     enter_netns(netns)
-    if os.geteuid() == 0:
-        os.setgroups([])
-    if gid is not None:
-        os.setgid(gid)
-    if uid is not None:
-        os.setuid(uid)
+    become(uid, gid)
     family = socket.AF_INET if address.version == 4 else socket.AF_INET6
     kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
     try:
@@ -860,9 +912,9 @@ COLUMNS = (("traffic", "name"), ("from", "from"), ("to", "to"), ("expected", "ex
 
 def render_table(rows):
     """A plain-text table of matrix rows (dicts with the keys of COLUMNS)."""
-    cells = [[title for title, _ in COLUMNS]]
+    cells = [[title for title, _key in COLUMNS]]
     for row in rows:
-        cells.append([("yes" if row[key] else "NO") if key == "ok" else str(row[key]) for _, key in COLUMNS])
+        cells.append([("yes" if row[key] else "NO") if key == "ok" else str(row[key]) for _title, key in COLUMNS])
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
     lines = ["  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip() for line in cells]
     lines.insert(1, "  ".join("-" * width for width in widths))
@@ -949,6 +1001,9 @@ def build_parser():
     serve.add_argument("--label", required=True, help="name this server reports as served_by")
     serve.add_argument("--tcp", default="", metavar="PORTS", help="comma-separated TCP ports")
     serve.add_argument("--udp", default="", metavar="PORTS", help="comma-separated UDP ports")
+    serve.add_argument("--uid", type=_argtype(_id_number),
+                       help="numeric uid to serve as, e.g. the proxy's 1337 (default: stay root)")
+    serve.add_argument("--gid", type=_argtype(_id_number), help="numeric gid to serve as (default: stay root)")
     serve.add_argument("--pidfile", required=True, help="written once every socket is bound")
     serve.add_argument("--logfile", help="log of every answer (default: no log)")
     serve.add_argument("--max-seconds", type=_argtype(_positive), default=3600.0,

@@ -12,6 +12,7 @@ namespaces, on 198.18.0.0/15 and 2001:db8::/32. The host namespace is not touche
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -43,13 +44,15 @@ def probe(netns, to, *extra):
     return json.loads(result.stdout)
 
 
-@pytest.fixture(scope="module")
-def lab_pair(tmp_path_factory):
-    """An app and a peer namespace joined by a veth pair, with a stand-in proxy and a peer server."""
+@contextlib.contextmanager
+def namespace_pair(workdir, servers):
+    """Namespaces ``<tag>-app`` (198.18.0.1, 2001:db8::1) and ``<tag>-peer`` (.2, ::2) on a veth pair.
+
+    ``servers``: ``(side, label, extra serve args)``; each is stopped by its pidfile afterwards.
+    """
     tag = "lab" + uuid.uuid4().hex[:6]
     app, peer = tag + "-app", tag + "-peer"
-    workdir = tmp_path_factory.mktemp(tag)
-    pidfiles = [str(workdir / "proxy.pid"), str(workdir / "peer.pid")]
+    pidfiles = []
     created = []
     try:
         for name in (app, peer):
@@ -62,21 +65,30 @@ def lab_pair(tmp_path_factory):
             run("ip", "-n", name, "addr", "add", "2001:db8::%s/64" % last, "dev", "eth0", "nodad")
             run("ip", "-n", name, "link", "set", "lo", "up")
             run("ip", "-n", name, "link", "set", "eth0", "up")
-        for netns, label, ports, pidfile in ((app, "proxy", "15001,15006", pidfiles[0]),
-                                             (peer, "peer", "8080", pidfiles[1])):
-            started = lab("serve", "--netns", netns, "--label", label, "--tcp", ports, "--udp", "5353",
-                          "--pidfile", pidfile, "--max-seconds", "120")
+        for side, label, extra in servers:
+            pidfiles.append(str(workdir / ("%s.pid" % label)))
+            started = lab("serve", "--netns", app if side == "app" else peer, "--label", label,
+                          "--pidfile", pidfiles[-1], "--max-seconds", "120", *extra)
             assert started.returncode == 0, started.stderr
             assert json.loads(started.stdout)["serving"] == label
-        # The one capture rule, inside the app namespace only.
-        run("ip", "netns", "exec", app, "iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", "198.18.0.2",
-            "--dport", "8080", "-m", "owner", "!", "--uid-owner", "1337", "-j", "REDIRECT", "--to-ports", "15001")
         yield app, peer, pidfiles
     finally:
         for pidfile in pidfiles:
             lab("stop", "--pidfile", pidfile)
         for name in created:
             run("ip", "netns", "delete", name, check=False)
+
+
+@pytest.fixture(scope="module")
+def lab_pair(tmp_path_factory):
+    """A stand-in proxy in app, a peer server, and one REDIRECT rule in app."""
+    servers = [("app", "proxy", ["--tcp", "15001,15006", "--udp", "5353"]),
+               ("peer", "peer", ["--tcp", "8080", "--udp", "5353"])]
+    with namespace_pair(tmp_path_factory.mktemp("one-rule"), servers) as (app, peer, pidfiles):
+        # The one capture rule, inside the app namespace only.
+        run("ip", "netns", "exec", app, "iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", "198.18.0.2",
+            "--dport", "8080", "-m", "owner", "!", "--uid-owner", "1337", "-j", "REDIRECT", "--to-ports", "15001")
+        yield app, peer, pidfiles
 
 
 def test_app_traffic_lands_on_the_stand_in_proxy(lab_pair):
@@ -115,3 +127,131 @@ def test_pidfiles_name_running_servers_and_stop_removes_them(lab_pair):
             pid = int(handle.read())
         with open("/proc/%d/cmdline" % pid, "rb") as handle:
             assert b"serve" in handle.read().split(b"\0")
+
+
+# Istio's VM default (istioctl's cluster.env: inbound '*' minus 22,15090,15021,15020, outbound '*',
+# DNS capture) for proxy uid/gid 1337 and nameserver 198.18.0.2, as pilot-agent istio-iptables
+# feeds it to iptables-restore / ip6tables-restore --noflush.
+ISTIO_VM_DEFAULT_V4 = """\
+* nat
+-N ISTIO_INBOUND
+-N ISTIO_REDIRECT
+-N ISTIO_IN_REDIRECT
+-N ISTIO_OUTPUT
+-N ISTIO_OUTPUT_DNS
+-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN
+-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001
+-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006
+-A PREROUTING -p tcp -j ISTIO_INBOUND
+-A ISTIO_INBOUND -p tcp --dport 22 -j RETURN
+-A ISTIO_INBOUND -p tcp --dport 15090 -j RETURN
+-A ISTIO_INBOUND -p tcp --dport 15021 -j RETURN
+-A ISTIO_INBOUND -p tcp --dport 15020 -j RETURN
+-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT
+-A OUTPUT -j ISTIO_OUTPUT
+-A ISTIO_OUTPUT -o lo -s 127.0.0.6/32 -j RETURN
+-A ISTIO_OUTPUT -o lo ! -d 127.0.0.1/32 -p tcp -m multiport ! --dports 53,15008 -m owner --uid-owner 1337 -j ISTIO_IN_REDIRECT
+-A ISTIO_OUTPUT -o lo -p tcp ! --dport 53 -m owner ! --uid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -o lo ! -d 127.0.0.1/32 -p tcp ! --dport 15008 -m owner --gid-owner 1337 -j ISTIO_IN_REDIRECT
+-A ISTIO_OUTPUT -o lo -p tcp ! --dport 53 -m owner ! --gid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -m owner --gid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -j ISTIO_OUTPUT_DNS
+-A ISTIO_OUTPUT_DNS -p tcp --dport 53 -d 198.18.0.2/32 -j REDIRECT --to-ports 15053
+-A ISTIO_OUTPUT_DNS -p udp --dport 53 -d 198.18.0.2/32 -j REDIRECT --to-port 15053
+-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN
+-A ISTIO_OUTPUT -j ISTIO_REDIRECT
+COMMIT
+* raw
+-N ISTIO_OUTPUT_DNS
+-N ISTIO_INBOUND
+-A OUTPUT -j ISTIO_OUTPUT_DNS
+-A ISTIO_OUTPUT_DNS -p udp --dport 53 -m owner --uid-owner 1337 -j CT --zone 1
+-A ISTIO_OUTPUT_DNS -p udp --sport 15053 -m owner --uid-owner 1337 -j CT --zone 2
+-A ISTIO_OUTPUT_DNS -p udp --dport 53 -m owner --gid-owner 1337 -j CT --zone 1
+-A ISTIO_OUTPUT_DNS -p udp --sport 15053 -m owner --gid-owner 1337 -j CT --zone 2
+-A PREROUTING -j ISTIO_INBOUND
+-A ISTIO_OUTPUT_DNS -p udp --dport 53 -d 198.18.0.2/32 -j CT --zone 2
+-A ISTIO_INBOUND -p udp --sport 53 -s 198.18.0.2/32 -j CT --zone 1
+COMMIT
+"""
+
+ISTIO_VM_DEFAULT_V6 = """\
+* nat
+-N ISTIO_INBOUND
+-N ISTIO_REDIRECT
+-N ISTIO_IN_REDIRECT
+-N ISTIO_OUTPUT
+-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN
+-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001
+-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006
+-A PREROUTING -p tcp -j ISTIO_INBOUND
+-A ISTIO_INBOUND -p tcp --dport 22 -j RETURN
+-A ISTIO_INBOUND -p tcp --dport 15090 -j RETURN
+-A ISTIO_INBOUND -p tcp --dport 15021 -j RETURN
+-A ISTIO_INBOUND -p tcp --dport 15020 -j RETURN
+-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT
+-A OUTPUT -j ISTIO_OUTPUT
+-A ISTIO_OUTPUT -o lo -s ::6/128 -j RETURN
+-A ISTIO_OUTPUT -o lo ! -d ::1/128 -p tcp -m multiport ! --dports 53,15008 -m owner --uid-owner 1337 -j ISTIO_IN_REDIRECT
+-A ISTIO_OUTPUT -o lo -p tcp ! --dport 53 -m owner ! --uid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -o lo ! -d ::1/128 -p tcp ! --dport 15008 -m owner --gid-owner 1337 -j ISTIO_IN_REDIRECT
+-A ISTIO_OUTPUT -o lo -p tcp ! --dport 53 -m owner ! --gid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -m owner --gid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -d ::1/128 -j RETURN
+-A ISTIO_OUTPUT -j ISTIO_REDIRECT
+COMMIT
+* raw
+-N ISTIO_OUTPUT_DNS
+-A OUTPUT -j ISTIO_OUTPUT_DNS
+-A ISTIO_OUTPUT_DNS -p udp --dport 53 -m owner --uid-owner 1337 -j CT --zone 1
+-A ISTIO_OUTPUT_DNS -p udp --sport 15053 -m owner --uid-owner 1337 -j CT --zone 2
+-A ISTIO_OUTPUT_DNS -p udp --dport 53 -m owner --gid-owner 1337 -j CT --zone 1
+-A ISTIO_OUTPUT_DNS -p udp --sport 15053 -m owner --gid-owner 1337 -j CT --zone 2
+COMMIT
+"""
+
+
+def test_matrix_under_istios_vm_default_rules(tmp_path):
+    """Every path of Istio's capture, proven with the matrix: inbound, outbound, DNS, bypasses."""
+    servers = [
+        # The stand-in proxy runs as the proxy uid/gid, as Envoy and the DNS proxy do.
+        ("app", "proxy", ["--uid", "1337", "--gid", "1337", "--tcp", "15001,15006", "--udp", "15053"]),
+        ("app", "app", ["--tcp", "8080,15021,15008"]),
+        ("peer", "peer", ["--tcp", "8080", "--udp", "53"]),
+    ]
+    with namespace_pair(tmp_path, servers) as (app, peer, _pidfiles):
+        run("ip", "-n", app, "addr", "add", "::6/128", "dev", "lo")
+        for tool, rules in (("iptables-restore", ISTIO_VM_DEFAULT_V4), ("ip6tables-restore", ISTIO_VM_DEFAULT_V6)):
+            applied = subprocess.run(["ip", "netns", "exec", app, tool, "--noflush"], input=rules,
+                                     capture_output=True, text=True, timeout=30, check=False)
+            assert applied.returncode == 0, applied.stderr
+        user = {"uid": 1000, "gid": 1000}
+        proxy = {"uid": 1337, "gid": 1337}
+        rows = [
+            dict(name="outbound from app", netns=app, to="198.18.0.2:8080", expect="proxy-outbound", **user),
+            dict(name="outbound v6 from app", netns=app, to="[2001:db8::2]:8080", expect="proxy-outbound", **user),
+            dict(name="outbound, proxy uid", netns=app, to="198.18.0.2:8080", uid=1337, gid=1000, expect="peer"),
+            dict(name="outbound, proxy gid", netns=app, to="198.18.0.2:8080", uid=1000, gid=1337, expect="peer"),
+            dict(name="inbound", netns=peer, to="198.18.0.1:8080", expect="proxy-inbound"),
+            dict(name="inbound v6", netns=peer, to="[2001:db8::1]:8080", expect="proxy-inbound"),
+            dict(name="inbound, excluded port", netns=peer, to="198.18.0.1:15021", expect="app:15021"),
+            dict(name="inbound, tunnel port", netns=peer, to="198.18.0.1:15008", expect="app:15008"),
+            dict(name="dns from app", netns=app, to="198.18.0.2:53", udp=True, expect="proxy-dns", **user),
+            dict(name="dns from proxy", netns=app, to="198.18.0.2:53", udp=True, expect="peer", **proxy),
+            dict(name="proxy to own IP", netns=app, to="198.18.0.1:8080", expect="proxy-inbound", **proxy),
+            dict(name="passthrough", netns=app, to="198.18.0.1:8080", source="127.0.0.6", expect="app", **proxy),
+            dict(name="passthrough v6", netns=app, to="[2001:db8::1]:8080", source="::6", expect="app", **proxy),
+            dict(name="app to own IP", netns=app, to="198.18.0.1:8080", expect="app", **user),
+            dict(name="app to localhost", netns=app, to="127.0.0.1:8080", expect="app", **user),
+        ]
+        spec = tmp_path / "spec.json"
+        spec.write_text(json.dumps(rows))
+        result = lab("matrix", "--spec", str(spec))
+        summary = json.loads(result.stdout.splitlines()[-1])
+        failed = [(row["name"], row["went_to"]) for row in summary["rows"] if not row["ok"]]
+        assert (result.returncode, failed) == (0, []), result.stdout
+        outbound = summary["rows"][0]["result"]
+        assert outbound["original_dst"] == "198.18.0.2:8080" and outbound["peer_uid"] == 1000
+        assert summary["rows"][4]["result"]["original_dst"] == "198.18.0.1:8080"

@@ -1,0 +1,109 @@
+# shellcheck shell=bash disable=SC2034 # the variables are for the scripts that source this file
+# Common settings for the build and quality-gate scripts in tests/utils/.
+# Source it (". tests/utils/lib.sh"); it only defines variables and functions.
+#
+# Everything the gates write lives in the git-ignored .cache/ of the checkout
+# (venv in .venv/), so nothing is written to the invoking user's home.
+
+MESHOPS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+export MESHOPS_ROOT
+
+# The collection's FQCN comes from galaxy.yml, so the scripts follow a rename.
+COLLECTION_NAMESPACE="$(sed -n 's/^namespace:[[:space:]]*\([A-Za-z0-9_]*\).*/\1/p' "$MESHOPS_ROOT/galaxy.yml")"
+COLLECTION_NAME="$(sed -n 's/^name:[[:space:]]*\([A-Za-z0-9_]*\).*/\1/p' "$MESHOPS_ROOT/galaxy.yml")"
+COLLECTION_FQCN="$COLLECTION_NAMESPACE.$COLLECTION_NAME"
+
+VENV_DIR="${VENV_DIR:-$MESHOPS_ROOT/.venv}"
+CACHE_DIR="$MESHOPS_ROOT/.cache"
+# Third-party collections unpacked from the "ansible" wheel (containers.podman, ...).
+DEPS_COLLECTIONS_DIR="$CACHE_DIR/deps"
+# A real (not symlinked) ansible_collections/NS/NAME copy of the checkout for ansible-test.
+ANSIBLE_TEST_ROOT="$CACHE_DIR/ansible-test"
+COLLECTION_COPY="$ANSIBLE_TEST_ROOT/ansible_collections/$COLLECTION_NAMESPACE/$COLLECTION_NAME"
+# The built tarball is installed here for `make demo` (and the docs gate installs into a temp dir).
+INSTALL_COLLECTIONS_DIR="$CACHE_DIR/install"
+BUILD_DIR="$CACHE_DIR/build"
+LOG_DIR="$CACHE_DIR/logs"
+# HOME for the tools that write under ~ (ansible-test keeps its sanity venvs and the pip
+# bootstrap stand-in in ~/.ansible/test; molecule ~/.ansible_async, ~/.cache/molecule; ...).
+TOOL_HOME="$CACHE_DIR/home"
+ANSIBLE_TEST_HOME="$TOOL_HOME"
+
+# Python version the gates run ansible-test with (the venv's interpreter).
+TEST_PYTHON_VERSION="${TEST_PYTHON_VERSION:-3.11}"
+
+export PATH="$VENV_DIR/bin:$PATH"
+# ansible's own state (tmp, galaxy cache, default collections dir) stays in .cache too.
+export ANSIBLE_HOME="$TOOL_HOME/.ansible"
+export CONTAINERS_CONF="$MESHOPS_ROOT/tests/utils/containers.conf"
+export ANSIBLE_COLLECTIONS_PATH="$DEPS_COLLECTIONS_DIR"
+export ANSIBLE_NOCOLOR="${ANSIBLE_NOCOLOR:-1}"
+export NO_COLOR="${NO_COLOR-1}"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+export PYTHONDONTWRITEBYTECODE=1
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
+
+require_venv() {
+    [ -x "$VENV_DIR/bin/ansible-test" ] \
+        || die "no venv at $VENV_DIR: run 'make venv' (or tests/utils/bootstrap.sh) first"
+}
+
+require_root() {
+    [ "$(id -u)" = 0 ] || die "$1 needs root (network namespaces, netfilter, rootful podman)"
+}
+
+# Refresh the real collection copy ansible-test needs (tracked + untracked-not-ignored files).
+sync_collection_copy() {
+    python3 "$MESHOPS_ROOT/tests/utils/sync-collection.py" "$MESHOPS_ROOT" "$COLLECTION_COPY"
+    # ansible-test lists content with `git ls-files` of the nearest enclosing repository: without
+    # a repository of its own the copy would be seen through the checkout's, where .cache/ is
+    # ignored, and every target would be skipped. An empty repository makes all of the copy's
+    # files "untracked, not ignored" (its .gitignore still hides tests/output).
+    [ -e "$COLLECTION_COPY/.git" ] || git -C "$COLLECTION_COPY" init -q
+    # Other collections (for integration targets) sit next to ours; symlinks are fine for them.
+    local dep
+    if [ -d "$DEPS_COLLECTIONS_DIR/ansible_collections" ]; then
+        for dep in "$DEPS_COLLECTIONS_DIR"/ansible_collections/*; do
+            [ -d "$dep" ] || continue
+            [ "$(basename "$dep")" = "$COLLECTION_NAMESPACE" ] && continue
+            ln -sfn "$dep" "$ANSIBLE_TEST_ROOT/ansible_collections/$(basename "$dep")"
+        done
+    fi
+}
+
+# For ansible-lint and molecule: HOME under .cache/, and the working tree itself as the
+# collection. Both tools (ansible-compat) otherwise build and install the checkout into
+# $ANSIBLE_HOME/collections on every run; they skip that when the collection there is a symlink
+# to the current directory. So the playbooks they run use exactly the files being edited.
+use_working_tree_collection() {
+    export HOME="$TOOL_HOME"
+    local link="$ANSIBLE_HOME/collections/ansible_collections/$COLLECTION_NAMESPACE/$COLLECTION_NAME"
+    mkdir -p "$(dirname "$link")"
+    if [ -e "$link" ] && [ ! -L "$link" ]; then
+        rm -rf "$link"
+    fi
+    ln -sfn "$MESHOPS_ROOT" "$link"
+    export ANSIBLE_COLLECTIONS_PATH="$ANSIBLE_HOME/collections:$DEPS_COLLECTIONS_DIR"
+}
+
+# ansible-test bootstraps pip in its sanity venvs with a script it downloads from
+# ci-files.testing.ansible.com (unreachable here). It uses a cached copy named after the pip
+# version it pins, so put our offline stand-in there.
+install_get_pip_standin() {
+    local at_dir pip_version cache
+    at_dir="$("$VENV_DIR/bin/python" -c 'import ansible_test, os; print(os.path.dirname(ansible_test.__file__))')"
+    pip_version="$(sed -n "s/.*pip='\([0-9.]*\)'.*/\1/p" "$at_dir/_internal/python_requirements.py" | head -n1)"
+    [ -n "$pip_version" ] || die "cannot find the pip version ansible-test pins in $at_dir"
+    cache="$ANSIBLE_TEST_HOME/.ansible/test/cache/get_pip_${pip_version//./_}.py"
+    mkdir -p "$(dirname "$cache")"
+    cmp -s "$MESHOPS_ROOT/tests/utils/get-pip-offline.py" "$cache" \
+        || cp "$MESHOPS_ROOT/tests/utils/get-pip-offline.py" "$cache"
+}
+
+# Run ansible-test from the collection copy with HOME under .cache/.
+ansible_test() {
+    install_get_pip_standin
+    (cd "$COLLECTION_COPY" && HOME="$ANSIBLE_TEST_HOME" ansible-test "$@")
+}

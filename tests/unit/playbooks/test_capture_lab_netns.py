@@ -2,12 +2,14 @@
 # Copyright (c) meshops.sidecar contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""capture_lab.py for real: two throw-away namespaces, one REDIRECT rule, real connections.
+"""capture_lab.py for real: two throw-away namespaces, capture rules, real connections.
 
-Needs root, ``ip`` and ``iptables``; skipped otherwise. Everything it creates is uniquely named
-and removed afterwards: the namespaces ``labXXXXXX-app`` / ``labXXXXXX-peer`` (with their veth
-pair and rules) and the two servers, stopped by their pidfiles. Traffic stays between the two
-namespaces, on 198.18.0.0/15 and 2001:db8::/32. The host namespace is not touched.
+Needs root, ``ip`` and ``iptables``; skipped otherwise. Each test creates uniquely named
+namespaces ``labXXXXXX-app`` / ``labXXXXXX-peer`` (a veth pair, addresses, rules) and servers,
+and removes all of it before it ends: the servers are stopped by their pidfiles, then the
+namespaces deleted. No fixture outlives a test, because ansible-test runs each test in a forked
+process, where the teardown of a module-scoped fixture would never run. Traffic stays between the
+two namespaces, on 198.18.0.0/15 and 2001:db8::/32. The host namespace is not touched.
 """
 
 from __future__ import annotations
@@ -79,54 +81,45 @@ def namespace_pair(workdir, servers):
             run("ip", "netns", "delete", name, check=False)
 
 
-@pytest.fixture(scope="module")
-def lab_pair(tmp_path_factory):
-    """A stand-in proxy in app, a peer server, and one REDIRECT rule in app."""
+def test_one_redirect_rule(tmp_path):
+    """The app namespace holds one REDIRECT rule; a stand-in proxy and a peer server answer."""
     servers = [("app", "proxy", ["--tcp", "15001,15006", "--udp", "5353"]),
                ("peer", "peer", ["--tcp", "8080", "--udp", "5353"])]
-    with namespace_pair(tmp_path_factory.mktemp("one-rule"), servers) as (app, peer, pidfiles):
+    with namespace_pair(tmp_path, servers) as (app, _peer, pidfiles):
         # The one capture rule, inside the app namespace only.
         run("ip", "netns", "exec", app, "iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", "198.18.0.2",
             "--dport", "8080", "-m", "owner", "!", "--uid-owner", "1337", "-j", "REDIRECT", "--to-ports", "15001")
-        yield app, peer, pidfiles
 
+        # An application's connection lands on the stand-in proxy, which sees where it was going.
+        answer = probe(app, "198.18.0.2:8080", "--uid", "1000", "--gid", "1000")
+        assert answer["served_by"] == "proxy"
+        assert answer["local"] == "127.0.0.1:15001"
+        assert answer["original_dst"] == "198.18.0.2:8080"
+        assert answer["peer_uid"] == 1000
+        assert answer["probe"]["uid"] == 1000 and answer["probe"]["gid"] == 1000
 
-def test_app_traffic_lands_on_the_stand_in_proxy(lab_pair):
-    app, _peer, _pidfiles = lab_pair
-    answer = probe(app, "198.18.0.2:8080", "--uid", "1000", "--gid", "1000")
-    assert answer["served_by"] == "proxy"
-    assert answer["local"] == "127.0.0.1:15001"
-    assert answer["original_dst"] == "198.18.0.2:8080"
-    assert answer["peer_uid"] == 1000
-    assert answer["probe"]["uid"] == 1000 and answer["probe"]["gid"] == 1000
+        # The proxy uid's connection bypasses the rule and reaches the peer.
+        answer = probe(app, "198.18.0.2:8080", "--uid", "1337", "--gid", "1337")
+        assert answer["served_by"] == "peer"
+        assert answer["local"] == "198.18.0.2:8080"
+        assert answer["original_dst"] is None
 
+        # IPv6 and UDP are not captured by an IPv4 TCP rule.
+        assert probe(app, "[2001:db8::2]:8080", "--uid", "1000")["local"] == "[2001:db8::2]:8080"
+        assert probe(app, "198.18.0.2:5353", "--udp", "--uid", "1000")["served_by"] == "peer"
 
-def test_proxy_uid_traffic_bypasses_capture(lab_pair):
-    app, _peer, _pidfiles = lab_pair
-    answer = probe(app, "198.18.0.2:8080", "--uid", "1337", "--gid", "1337")
-    assert answer["served_by"] == "peer"
-    assert answer["local"] == "198.18.0.2:8080"
-    assert answer["original_dst"] is None
+        # Errors are reported, not raised.
+        assert probe(app, "198.18.0.2:9999", "--uid", "1337")["error"] == "connection refused"
 
-
-def test_ipv6_and_udp_are_not_captured_by_an_ipv4_tcp_rule(lab_pair):
-    app, _peer, _pidfiles = lab_pair
-    assert probe(app, "[2001:db8::2]:8080", "--uid", "1000")["local"] == "[2001:db8::2]:8080"
-    assert probe(app, "198.18.0.2:5353", "--udp", "--uid", "1000")["served_by"] == "peer"
-
-
-def test_errors_are_reported_not_raised(lab_pair):
-    app, _peer, _pidfiles = lab_pair
-    assert probe(app, "198.18.0.2:9999", "--uid", "1337")["error"] == "connection refused"
-
-
-def test_pidfiles_name_running_servers_and_stop_removes_them(lab_pair):
-    _app, _peer, pidfiles = lab_pair
-    for pidfile in pidfiles:
-        with open(pidfile) as handle:
-            pid = int(handle.read())
-        with open("/proc/%d/cmdline" % pid, "rb") as handle:
-            assert b"serve" in handle.read().split(b"\0")
+        # Pidfiles name the running servers.
+        for pidfile in pidfiles:
+            with open(pidfile) as handle:
+                pid = int(handle.read())
+            with open("/proc/%d/cmdline" % pid, "rb") as handle:
+                assert b"serve" in handle.read().split(b"\0")
+    # ... and stop removed them, with the namespaces.
+    assert not any(os.path.exists(pidfile) for pidfile in pidfiles)
+    assert not any(name.startswith(app[:-4]) for name in os.listdir("/run/netns"))
 
 
 # Istio's VM default (istioctl's cluster.env: inbound '*' minus 22,15090,15021,15020, outbound '*',

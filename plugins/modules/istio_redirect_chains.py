@@ -83,7 +83,7 @@ options:
     default: 15008
   proxy_uid:
     description:
-      - Users whose traffic bypasses capture: the proxy's (Istio C(-u)). Numbers are taken as they are; names
+      - Users whose traffic bypasses capture, the proxy's (Istio C(-u)). Numbers are taken as they are; names
         must exist on the target.
       - A list, or an Istio-style comma-separated string.
     type: list

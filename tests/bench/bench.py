@@ -1,0 +1,652 @@
+# Copyright: contributors to the meshops.sidecar collection
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Benchmark of ``meshops.sidecar.istio_redirect_chains`` (``make bench``; see docs/performance.md).
+
+Every ``ansible-playbook`` run happens under ``ip netns exec NS`` in a namespace this script made,
+so all variants pay the same start-up, and the module runs without ``netns`` (it acts in the
+namespace it runs in, as the builtin module does). Measured, in one run, as medians of several
+repetitions, interleaved so that a change in the machine's load hits every variant alike:
+
+* compare: an empty playbook (start-up), ``command: true`` (the least a module task costs), one
+  ``istio_redirect_chains`` task, and the same rules as ``ansible.builtin.iptables`` tasks; first
+  apply on a fresh namespace and a no-op re-run. Net cost = median - median of the empty playbook.
+* scaling: the module with 0, 100, 1,000 and 10,000 excluded /32s from 198.18.0.0/15, first apply
+  on a fresh namespace and a no-op re-run, on the nft and the legacy backend.
+* profile: the module's target-side code (``_capture.CaptureRun``) in-process, 10,000 CIDRs, both
+  backends (``profile_module.py``).
+
+Standard library only. Needs root; never touches the host namespace's firewall.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import plot  # noqa: E402  pylint: disable=wrong-import-position
+
+MODULE = "meshops.sidecar.istio_redirect_chains"
+RUN_TIMEOUT = 300  # seconds; one ansible-playbook run never takes this long here
+CIDR_BASE = int(ipaddress.IPv4Address("198.18.0.0"))  # RFC 2544 benchmarking range, a /15
+
+# Istio's K8s default rule set (istio-capture.md, 2.4, first block: istio-iptables -p 15001 -z 15006
+# -u 1337 -m REDIRECT -i '*' -b '*' -d 15090,15021,15020), in Istio's order, as
+# ansible.builtin.iptables tasks: its 4 chains (chain_management) and its 18 rules.
+BUILTIN_CHAINS = ("ISTIO_INBOUND", "ISTIO_REDIRECT", "ISTIO_IN_REDIRECT", "ISTIO_OUTPUT")
+BUILTIN_RULES = (
+    dict(chain="ISTIO_INBOUND", protocol="tcp", destination_port="15008", jump="RETURN"),
+    dict(chain="ISTIO_REDIRECT", protocol="tcp", jump="REDIRECT", to_ports="15001"),
+    dict(chain="ISTIO_IN_REDIRECT", protocol="tcp", jump="REDIRECT", to_ports="15006"),
+    dict(chain="PREROUTING", protocol="tcp", jump="ISTIO_INBOUND"),
+    dict(chain="ISTIO_INBOUND", protocol="tcp", destination_port="15090", jump="RETURN"),
+    dict(chain="ISTIO_INBOUND", protocol="tcp", destination_port="15021", jump="RETURN"),
+    dict(chain="ISTIO_INBOUND", protocol="tcp", destination_port="15020", jump="RETURN"),
+    dict(chain="ISTIO_INBOUND", protocol="tcp", jump="ISTIO_IN_REDIRECT"),
+    dict(chain="OUTPUT", jump="ISTIO_OUTPUT"),
+    dict(chain="ISTIO_OUTPUT", out_interface="lo", source="127.0.0.6/32", jump="RETURN"),
+    dict(chain="ISTIO_OUTPUT", out_interface="lo", destination="!127.0.0.1/32", protocol="tcp",
+         destination_port="!15008", uid_owner="1337", jump="ISTIO_IN_REDIRECT"),
+    dict(chain="ISTIO_OUTPUT", out_interface="lo", uid_owner="!1337", jump="RETURN"),
+    dict(chain="ISTIO_OUTPUT", uid_owner="1337", jump="RETURN"),
+    dict(chain="ISTIO_OUTPUT", out_interface="lo", destination="!127.0.0.1/32", protocol="tcp",
+         destination_port="!15008", gid_owner="1337", jump="ISTIO_IN_REDIRECT"),
+    dict(chain="ISTIO_OUTPUT", out_interface="lo", gid_owner="!1337", jump="RETURN"),
+    dict(chain="ISTIO_OUTPUT", gid_owner="1337", jump="RETURN"),
+    dict(chain="ISTIO_OUTPUT", destination="127.0.0.1/32", jump="RETURN"),
+    dict(chain="ISTIO_OUTPUT", jump="ISTIO_REDIRECT"),
+)
+BUILTIN_TASKS = len(BUILTIN_CHAINS) + len(BUILTIN_RULES)
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+class BenchError(Exception):
+    pass
+
+
+# --- namespaces ---------------------------------------------------------------------------------
+
+class Namespaces:
+    """Uniquely named namespaces of this run only; ``cleanup`` removes every one still there."""
+
+    def __init__(self, prefix):
+        self.prefix = prefix
+        self.count = 0
+        self.live = set()
+
+    def create(self):
+        self.count += 1
+        name = "%s-%d" % (self.prefix, self.count)
+        if name in existing_namespaces():
+            raise BenchError("namespace %s exists already: not ours, refusing to touch it" % name)
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        self.live.add(name)
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        return name
+
+    def delete(self, name):
+        if name in self.live:
+            subprocess.run(["ip", "netns", "delete", name], check=False)
+            self.live.discard(name)
+
+    def cleanup(self):
+        for name in sorted(self.live):
+            self.delete(name)
+
+
+def existing_namespaces():
+    out = subprocess.run(["ip", "-json", "netns", "list"], capture_output=True, text=True, check=False).stdout
+    return {entry["name"] for entry in json.loads(out or "[]")}
+
+
+# --- playbooks ----------------------------------------------------------------------------------
+
+def cidrs(count):
+    return ["%s/32" % ipaddress.IPv4Address(CIDR_BASE + i) for i in range(count)]
+
+
+def playbook(tasks):
+    """A playbook (JSON is YAML) for the inventory host ``target`` without fact gathering."""
+    return json.dumps([{"name": "bench", "hosts": "target", "gather_facts": False, "tasks": tasks}], indent=1)
+
+
+def builtin_tasks():
+    tasks = [{"name": "chain %s" % chain,
+              "ansible.builtin.iptables": {"table": "nat", "chain": chain, "chain_management": True}}
+             for chain in BUILTIN_CHAINS]
+    for number, rule in enumerate(BUILTIN_RULES, 1):
+        tasks.append({"name": "rule %d" % number, "ansible.builtin.iptables": dict(rule, table="nat")})
+    return tasks
+
+
+def module_task(backend=None, count=0):
+    args = {}
+    if backend:
+        args["backend"] = backend
+    if count:
+        args["exclude_outbound_ip_ranges"] = cidrs(count)
+    return [{"name": "capture", MODULE: args}]
+
+
+class Workdir:
+    def __init__(self, path, python):
+        self.path = path
+        self.inventory = os.path.join(path, "inventory.json")
+        with open(self.inventory, "w") as handle:
+            json.dump({"all": {"hosts": {"target": {"ansible_connection": "local",
+                                                    "ansible_python_interpreter": python}}}}, handle)
+        self.config = os.path.join(path, "ansible.cfg")
+        with open(self.config, "w") as handle:
+            handle.write("[defaults]\nretry_files_enabled = False\nlocalhost_warning = False\n"
+                         "interpreter_python = %s\n" % python)
+        self.books = {}
+
+    def add(self, name, tasks):
+        path = os.path.join(self.path, name + ".yml")
+        with open(path, "w") as handle:
+            handle.write(playbook(tasks))
+        self.books[name] = path
+        return path
+
+
+# --- running and timing -------------------------------------------------------------------------
+
+class Runner:
+    def __init__(self, workdir, logdir):
+        self.workdir = workdir
+        self.logdir = logdir
+        self.env = dict(os.environ, ANSIBLE_CONFIG=workdir.config, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
+                        ANSIBLE_DEPRECATION_WARNINGS="false")
+        self.runs = 0
+
+    def play(self, netns, book, env=None):
+        """Run a playbook under ``ip netns exec``; return (wall seconds, CPU seconds, changed count)."""
+        self.runs += 1
+        logpath = os.path.join(self.logdir, "%04d-%s.log" % (self.runs, book))
+        argv = ["ip", "netns", "exec", netns, "ansible-playbook", "-i", self.workdir.inventory,
+                self.workdir.books[book]]
+        with open(logpath, "w") as logf:
+            start = time.perf_counter()
+            proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, env=dict(self.env, **(env or {})),
+                                    start_new_session=True)
+            timer = threading.Timer(RUN_TIMEOUT, _kill_group, (proc.pid,))
+            timer.start()
+            try:
+                # wait4: the CPU time of the whole tree (ansible's workers, the module, iptables).
+                _, status, usage = os.wait4(proc.pid, 0)
+            finally:
+                timer.cancel()
+            wall = time.perf_counter() - start
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            with open(logpath) as handle:
+                tail = handle.read()[-3000:]
+            raise BenchError("%s failed (rc=%d) in %s; log %s:\n%s" % (book, proc.returncode, netns, logpath, tail))
+        with open(logpath) as handle:
+            text = handle.read()
+        match = re.search(r"^target\s+:\s+ok=(\d+)\s+changed=(\d+)", text, re.M)
+        changed = int(match.group(2)) if match else 0
+        return wall, usage.ru_utime + usage.ru_stime, changed, logpath
+
+
+def _kill_group(pid):
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+class Samples:
+    """Wall and CPU samples per key."""
+
+    def __init__(self):
+        self.wall = {}
+        self.cpu = {}
+
+    def add(self, key, wall, cpu):
+        self.wall.setdefault(key, []).append(wall)
+        self.cpu.setdefault(key, []).append(cpu)
+
+    def median(self, key, cpu=False):
+        return statistics.median((self.cpu if cpu else self.wall)[key])
+
+    def net(self, key, base, cpu=False):
+        return self.median(key, cpu) - self.median(base, cpu)
+
+    def spread(self, key):
+        values = self.wall[key]
+        return min(values), max(values)
+
+    def as_dict(self):
+        return {"wall": self.wall, "cpu": self.cpu}
+
+
+def expect(changed, wanted, what, logpath):
+    if changed != wanted:
+        raise BenchError("%s: expected changed=%d, got %d (log %s)" % (what, wanted, changed, logpath))
+
+
+# --- checks -------------------------------------------------------------------------------------
+
+def save_tool(backend):
+    return "iptables-legacy-save" if backend == "legacy" else "iptables-nft-save"
+
+
+def istio_lines(netns, backend):
+    """The ISTIO_* chain declarations and the rules in or into ISTIO_* chains of the nat table."""
+    out = subprocess.run(["ip", "netns", "exec", netns, save_tool(backend), "-t", "nat"],
+                         capture_output=True, text=True, check=True).stdout
+    lines = []
+    for line in out.splitlines():
+        if line.startswith(":ISTIO_"):
+            lines.append(line.split()[0])
+        elif line.startswith("-A ") and ("ISTIO_" in line.split()[1] or " -j ISTIO_" in line):
+            lines.append(line)
+    return lines
+
+
+def iptables_flavour():
+    """``nft`` or ``legacy``: what the plain ``iptables`` the builtin module uses is."""
+    out = subprocess.run(["iptables", "--version"], capture_output=True, text=True, check=False).stdout
+    return "nft" if "nf_tables" in out else "legacy"
+
+
+# --- the parts ----------------------------------------------------------------------------------
+
+class Budget:
+    """Repetitions are interleaved; a part stops adding them (after ``min_reps``) when out of time."""
+
+    def __init__(self, seconds):
+        self.deadline = time.monotonic() + seconds
+
+    def allows(self, rep, min_reps, rep_seconds, share_left):
+        if rep < min_reps:
+            return True
+        left = self.deadline - time.monotonic()
+        return rep_seconds * 1.2 < left * share_left
+
+
+def part_compare(args, nss, runner, samples, budget, flavour, report):
+    log("== compare: one module task against %d ansible.builtin.iptables tasks (backend %s), %s"
+        % (BUILTIN_TASKS, flavour, "up to %d repetitions" % args.reps))
+    idle = nss.create()
+    variants = ["empty", "noop", "module", "builtin"]
+    rep = 0
+    while rep < args.reps:
+        started = time.monotonic()
+        random.Random(rep).shuffle(variants)
+        for variant in variants:
+            if variant in ("empty", "noop"):
+                wall, cpu, changed, logpath = runner.play(idle, variant)
+                samples.add(variant, wall, cpu)
+                continue
+            netns = nss.create()
+            book = "module_default" if variant == "module" else "builtin"
+            wall, cpu, changed, logpath = runner.play(netns, book)
+            expect(changed, 1 if variant == "module" else BUILTIN_TASKS, book + " apply", logpath)
+            samples.add(variant + "_apply", wall, cpu)
+            wall, cpu, changed, logpath = runner.play(netns, book)
+            expect(changed, 0, book + " re-run", logpath)
+            samples.add(variant + "_rerun", wall, cpu)
+            if rep == 0:
+                report.setdefault("rules", {})[variant] = istio_lines(netns, flavour)
+            nss.delete(netns)
+        rep += 1
+        log("   repetition %d: %.0f s" % (rep, time.monotonic() - started))
+        if not budget.allows(rep, args.min_reps, time.monotonic() - started, 0.3):
+            log("   stopping at %d repetitions to stay within the time budget" % rep)
+            break
+    nss.delete(idle)
+    module_rules, builtin_rules = report["rules"]["module"], report["rules"]["builtin"]
+    report["same_rules"] = module_rules == builtin_rules
+    report["rule_lines"] = len(module_rules)
+    if report["same_rules"]:
+        log("   check: the builtin tasks leave exactly the module's ISTIO lines in %s-save (%d lines): OK"
+            % (flavour, len(module_rules)))
+    else:
+        log("   check FAILED: the builtin tasks and the module leave different rules:")
+        for line in sorted(set(module_rules) ^ set(builtin_rules)):
+            log("     %s %s" % ("module only: " if line in module_rules else "builtin only:", line))
+    report["compare_reps"] = rep
+
+
+def part_scaling(args, nss, runner, samples, budget, report):
+    log("== scaling: %s excluded CIDRs, backends nft and legacy, first apply and no-op re-run"
+        % ", ".join(str(n) for n in args.sizes))
+    idle = nss.create()
+    rep = 0
+    while rep < args.reps:
+        started = time.monotonic()
+        wall, cpu, _, _ = runner.play(idle, "empty")
+        samples.add("empty", wall, cpu)
+        backends = ["nft", "legacy"] if rep % 2 == 0 else ["legacy", "nft"]
+        for backend in backends:
+            for count in args.sizes:
+                netns = nss.create()
+                book = "scale_%s_%d" % (backend, count)
+                wall, cpu, changed, logpath = runner.play(netns, book)
+                expect(changed, 1, book + " apply", logpath)
+                samples.add((backend, count, "apply"), wall, cpu)
+                if rep == 0:
+                    excluded = [line for line in istio_lines(netns, backend)
+                                if line.startswith("-A ISTIO_OUTPUT -d 198.1") and line.endswith("-j RETURN")]
+                    if len(excluded) != count:
+                        raise BenchError("%s: %d exclusion rules in the kernel, expected %d"
+                                         % (book, len(excluded), count))
+                wall, cpu, changed, logpath = runner.play(netns, book)
+                expect(changed, 0, book + " re-run", logpath)
+                samples.add((backend, count, "rerun"), wall, cpu)
+                nss.delete(netns)
+        rep += 1
+        log("   repetition %d: %.0f s" % (rep, time.monotonic() - started))
+        if not budget.allows(rep, args.min_reps, time.monotonic() - started, 0.75):
+            log("   stopping at %d repetitions to stay within the time budget" % rep)
+            break
+    nss.delete(idle)
+    report["scaling_reps"] = rep
+
+
+def part_phases(args, nss, runner, report):
+    """Where the time of one task goes, from ansible's debug log: payload build, module run, the rest."""
+    log("== one task, split (ANSIBLE_DEBUG timestamps, one run each)")
+    split = {}
+    top = max(args.sizes)
+    for book in ("noop", "module_default", "scale_nft_%d" % top, "scale_legacy_%d" % top):
+        netns = nss.create()
+        if book != "noop":  # the no-op re-run is what is split
+            runner.play(netns, book)
+        _, _, _, logpath = runner.play(netns, book, env={"ANSIBLE_DEBUG": "1"})
+        nss.delete(netns)
+        split[book] = debug_split(logpath)
+        log("   %-20s %s" % (book, ", ".join("%s %.2f s" % item for item in split[book].items())))
+    report["task_split"] = split
+
+
+def debug_split(logpath):
+    stamps = []
+    with open(logpath, errors="replace") as handle:
+        for line in handle:
+            match = re.match(r"\s*\d+ (\d+\.\d+): (.*)", line)
+            if match:
+                stamps.append((float(match.group(1)), match.group(2)))
+
+    def first(pattern, after=0.0):
+        for stamp, text in stamps:
+            if stamp >= after and re.search(pattern, text):
+                return stamp
+        raise BenchError("no %r in %s" % (pattern, logpath))
+
+    task = first(r"^in run\(\) - task")
+    build = first(r"ANSIBALLZ: Creating module", task)
+    built = first(r"ANSIBALLZ: Done creating module", build)
+    run = first(r"executing: /bin/sh -c '\S*python\S* \S*AnsiballZ_", built)
+    ran = first(r"done communicating", run)
+    done = first(r"^_execute\(\) done", ran)
+    return {"payload build": built - build, "module process": ran - run, "rest of the task": (done - task)
+            - (built - build) - (ran - run)}
+
+
+def part_profile(args, nss, report, outdir):
+    log("== profile: CaptureRun in-process, %d CIDRs (profile_module.py)" % args.profile_cidrs)
+    report["profile"] = {}
+    for backend in ("nft", "legacy"):
+        first, second = nss.create(), nss.create()
+        out = os.path.join(outdir, "profile-%s.txt" % backend)
+        proc = subprocess.run([sys.executable, os.path.join(HERE, "profile_module.py"), "--backend", backend,
+                               "--cidrs", str(args.profile_cidrs), "--netns", first, "--profile-netns", second,
+                               "--json", out + ".json"],
+                              capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False)
+        with open(out, "w") as handle:
+            handle.write(proc.stdout + proc.stderr)
+        nss.delete(first)
+        nss.delete(second)
+        if proc.returncode != 0:
+            raise BenchError("profile_module.py failed for %s:\n%s" % (backend, (proc.stdout + proc.stderr)[-3000:]))
+        with open(out + ".json") as handle:
+            report["profile"][backend] = json.load(handle)
+        summary = report["profile"][backend]
+        log("   %-6s first apply %.2f s, no-op %.2f s (details: %s)"
+            % (backend, summary["apply"]["total"], summary["noop"]["total"], os.path.relpath(out)))
+
+
+# --- report -------------------------------------------------------------------------------------
+
+def machine():
+    model = ""
+    with open("/proc/cpuinfo") as handle:
+        for line in handle:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    ansible = subprocess.run(["ansible-playbook", "--version"], capture_output=True, text=True,
+                             check=False).stdout.splitlines()[0]
+    tools = {tool: subprocess.run([tool, "--version"], capture_output=True, text=True, check=False).stdout.strip()
+             for tool in ("iptables-nft", "iptables-legacy")}
+    try:
+        import iptc  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+        from importlib.metadata import version  # pylint: disable=import-outside-toplevel
+        pyiptables = version("python-iptables")
+    except Exception:  # pylint: disable=broad-except
+        pyiptables = "not importable"
+    return {"cpus": os.cpu_count(), "model": model, "kernel": platform.release(),
+            "python": platform.python_version(), "ansible": ansible, "iptables": tools,
+            "python-iptables": pyiptables, "loadavg": os.getloadavg()}
+
+
+def fmt(value):
+    return "%.2f" % value
+
+
+def ratio(a, b):
+    return a / b if b > 0 else float("inf")
+
+
+def write_report(args, compare, scaling, report, outdir, flavour):
+    """results.md: the machine, the tables and the targets (compare and scaling each have their own baseline)."""
+    mach = report["machine"]
+    lines = ["Machine: %d CPUs, %s, kernel %s, Python %s, %s; %s; python-iptables %s."
+             % (mach["cpus"], mach["model"], mach["kernel"], mach["python"], mach["ansible"],
+                mach["iptables"]["iptables-nft"], mach["python-iptables"]),
+             "Load average at start %s, at end %s; the run took %.0f s."
+             % ("/".join("%.2f" % x for x in mach["loadavg"]),
+                "/".join("%.2f" % x for x in report["loadavg_end"]), report["elapsed"]), ""]
+    if "compare_reps" in report:
+        lines += compare_table(compare, report, flavour)
+    if "scaling_reps" in report:
+        lines += scaling_table(args, scaling, report)
+    if "task_split" in report:
+        lines.append("One task split by ansible's debug timestamps (one no-op re-run each, seconds):")
+        lines.append("")
+        lines.append("| playbook | payload build (controller) | module process (target) | rest of the task |")
+        lines.append("|---|---:|---:|---:|")
+        for book, split in report["task_split"].items():
+            lines.append("| %s | %s | %s | %s |" % (book, fmt(split["payload build"]), fmt(split["module process"]),
+                                                     fmt(split["rest of the task"])))
+        lines.append("")
+    if "profile" in report:
+        lines.append("Target side in-process (CaptureRun, %d CIDRs, seconds; profile_module.py):" % args.profile_cidrs)
+        lines.append("")
+        lines.append("| backend | first apply | no-op | biggest phases of the no-op (inclusive) |")
+        lines.append("|---|---:|---:|---|")
+        for backend, prof in report["profile"].items():
+            top = sorted(prof["noop"]["phases"].items(), key=lambda kv: -kv[1])[:4]
+            lines.append("| %s | %s | %s | %s |" % (backend, fmt(prof["apply"]["total"]), fmt(prof["noop"]["total"]),
+                                                     ", ".join("%s %s" % (k, fmt(v)) for k, v in top)))
+        lines.append("")
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(outdir, "results.md"), "w") as handle:
+        handle.write(text)
+    return text
+
+
+def compare_table(samples, report, flavour):
+    lines = ["Compare (backend %s, Istio's K8s defaults, %d repetitions; wall seconds, net = median - empty "
+             "playbook's median):" % (flavour, report["compare_reps"]), ""]
+    lines.append("| variant | tasks | median | min-max | net | CPU median | net CPU |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|")
+    rows = (("empty playbook (start-up)", "empty", 0), ("`command: true`", "noop", 1),
+            ("module, first apply", "module_apply", 1), ("module, no-op re-run", "module_rerun", 1),
+            ("builtin iptables, first apply", "builtin_apply", BUILTIN_TASKS),
+            ("builtin iptables, no-op re-run", "builtin_rerun", BUILTIN_TASKS))
+    for title, key, tasks in rows:
+        low, high = samples.spread(key)
+        lines.append("| %s | %d | %s | %s-%s | %s | %s | %s |" % (
+            title, tasks, fmt(samples.median(key)), fmt(low), fmt(high),
+            fmt(samples.net(key, "empty")) if key != "empty" else "", fmt(samples.median(key, cpu=True)),
+            fmt(samples.net(key, "empty", cpu=True)) if key != "empty" else ""))
+    lines.append("")
+    targets = report.setdefault("targets", {})
+    for cpu in (False, True):
+        net = {key: samples.net(key, "empty", cpu=cpu) for _, key, _ in rows[1:]}
+        tag = "cpu" if cpu else "wall"
+        targets[tag + " builtin/module apply"] = ratio(net["builtin_apply"], net["module_apply"])
+        targets[tag + " builtin/module re-run"] = ratio(net["builtin_rerun"], net["module_rerun"])
+        targets[tag + " module apply/noop"] = ratio(net["module_apply"], net["noop"])
+        targets[tag + " module re-run/noop"] = ratio(net["module_rerun"], net["noop"])
+    lines.append("| ratio (of net costs) | wall | CPU | target |")
+    lines.append("|---|---:|---:|---|")
+    for name, goal in (("builtin/module apply", ">= 15"), ("builtin/module re-run", ">= 15"),
+                       ("module apply/noop", "<= 1.5"), ("module re-run/noop", "<= 1.5")):
+        wall, cpu = targets["wall " + name], targets["cpu " + name]
+        met = wall >= 15 if goal.startswith(">") else wall <= 1.5
+        lines.append("| %s | %s | %s | %s: %s |" % (name, fmt(wall), fmt(cpu), goal, "met" if met else "NOT met"))
+    lines.append("")
+    lines.append("Rules check: %s" % ("the %d builtin tasks leave exactly the module's %d ISTIO lines in "
+                                      "%s-save" % (BUILTIN_TASKS, report["rule_lines"], flavour)
+                                      if report["same_rules"] else "DIFFERENT (see the log)"))
+    lines.append("")
+    return lines
+
+
+def scaling_table(args, samples, report):
+    lines = ["Scaling (%d repetitions; wall seconds net of the empty playbook's median %s s; ratio = net / net "
+             "with 0 CIDRs):" % (report["scaling_reps"], fmt(samples.median("empty"))), ""]
+    lines.append("| backend | CIDRs | apply | apply ratio | no-op re-run | re-run ratio | apply CPU | re-run CPU |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+    table = report.setdefault("scaling", {})
+    for backend in ("nft", "legacy"):
+        base = {mode: samples.net((backend, 0, mode), "empty") for mode in ("apply", "rerun")}
+        for count in args.sizes:
+            row = {}
+            for mode in ("apply", "rerun"):
+                net = samples.net((backend, count, mode), "empty")
+                row[mode] = net
+                row[mode + " ratio"] = ratio(net, base[mode])
+                row[mode + " cpu"] = samples.net((backend, count, mode), "empty", cpu=True)
+            table["%s %d" % (backend, count)] = row
+            lines.append("| %s | %d | %s | %s | %s | %s | %s | %s |" % (
+                backend, count, fmt(row["apply"]), fmt(row["apply ratio"]), fmt(row["rerun"]),
+                fmt(row["rerun ratio"]), fmt(row["apply cpu"]), fmt(row["rerun cpu"])))
+    lines.append("")
+    top = max(args.sizes)
+    for backend in ("nft", "legacy"):
+        for mode in ("apply", "rerun"):
+            value = table["%s %d" % (backend, top)][mode + " ratio"]
+            lines.append("- %s, %s, %d CIDRs: %s x the 0-CIDR cost (target <= 2: %s)"
+                         % (backend, "first apply" if mode == "apply" else "no-op re-run", top, fmt(value),
+                            "met" if value <= 2 else "NOT met"))
+    lines.append("")
+    return lines
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reps", type=int, default=5, help="repetitions per measurement (median); default 5")
+    parser.add_argument("--min-reps", type=int, default=3, help="never fewer, even over the time budget")
+    parser.add_argument("--sizes", default="0,100,1000,10000", help="excluded CIDR counts, comma-separated")
+    parser.add_argument("--profile-cidrs", type=int, default=10000)
+    parser.add_argument("--budget", type=int, default=540, help="seconds the whole run aims to stay within")
+    parser.add_argument("--parts", default="compare,scaling,split,profile",
+                        help="which parts to run (comma-separated): compare, scaling, split, profile")
+    parser.add_argument("--out", default=os.path.join(".cache", "bench"), help="results directory")
+    args = parser.parse_args(argv)
+    args.sizes = sorted({int(n) for n in args.sizes.split(",")} | {0})
+    args.parts = set(args.parts.split(","))
+    args.min_reps = min(args.min_reps, args.reps)
+    return args
+
+
+def main(argv):
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        raise SystemExit("bench.py needs root (network namespaces)")
+    for tool in ("ip", "ansible-playbook", "iptables", "iptables-nft-save", "iptables-legacy-save"):
+        if not shutil.which(tool):
+            raise SystemExit("bench.py: %s not found on PATH" % tool)
+    prefix = os.environ.get("BENCH_NS_PREFIX") or "msbench-%d-%d" % (os.getpid(), random.randrange(10000))
+    nss = Namespaces(prefix)
+    outdir = os.path.abspath(args.out)
+    os.makedirs(os.path.join(outdir, "logs"), exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix="meshops-bench-")
+    # SIGTERM ends the run through the finally below, which removes the namespaces.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    started = time.monotonic()
+    report = {"machine": machine(), "args": {k: sorted(v) if isinstance(v, set) else v
+                                             for k, v in vars(args).items()}}
+    flavour = iptables_flavour()
+    log("meshops.sidecar bench: %(cpus)d CPUs, %(model)s, kernel %(kernel)s, Python %(python)s, %(ansible)s"
+        % report["machine"])
+    log("namespaces: %s-N; results: %s" % (prefix, os.path.relpath(outdir)))
+    try:
+        work = Workdir(scratch, sys.executable)
+        work.add("empty", [])
+        work.add("noop", [{"name": "no-op", "ansible.builtin.command": "true"}])
+        work.add("module_default", module_task())
+        work.add("builtin", builtin_tasks())
+        for backend in ("nft", "legacy"):
+            for count in args.sizes:
+                work.add("scale_%s_%d" % (backend, count), module_task(backend, count))
+        runner = Runner(work, os.path.join(outdir, "logs"))
+        budget = Budget(args.budget)
+        compare, scaling = Samples(), Samples()
+        if "compare" in args.parts:
+            part_compare(args, nss, runner, compare, budget, flavour, report)
+        if "scaling" in args.parts:
+            part_scaling(args, nss, runner, scaling, budget, report)
+        if "split" in args.parts:
+            part_phases(args, nss, runner, report)
+        if "profile" in args.parts:
+            part_profile(args, nss, report, outdir)
+        report["elapsed"] = time.monotonic() - started
+        report["loadavg_end"] = os.getloadavg()
+        report["samples"] = {"compare": compare.as_dict(),
+                             "scaling": {"wall": {"|".join(map(str, k)) if isinstance(k, tuple) else k: v
+                                                  for k, v in scaling.wall.items()},
+                                         "cpu": {"|".join(map(str, k)) if isinstance(k, tuple) else k: v
+                                                 for k, v in scaling.cpu.items()}}}
+        text = write_report(args, compare, scaling, report, outdir, flavour)
+        if "scaling_reps" in report:
+            plot.write_svg(os.path.join(outdir, "scaling.svg"), args.sizes, report["scaling"])
+        with open(os.path.join(outdir, "results.json"), "w") as handle:
+            json.dump(report, handle, indent=1, default=str)
+        log("")
+        log(text)
+        log("results: %s (results.md, results.json, scaling.svg, profile-*.txt, logs/)" % os.path.relpath(outdir))
+    finally:
+        nss.cleanup()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

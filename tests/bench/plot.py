@@ -1,0 +1,92 @@
+# Copyright: contributors to the meshops.sidecar collection
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The scaling plot of bench.py as a hand-written SVG (no plotting library needed).
+
+Two panels over the excluded-CIDR counts (evenly spaced, so 0, 100, 1,000, 10,000 read as a
+log scale with 0 in front): the task's net cost in seconds, and that cost divided by the cost
+with no CIDRs, with the target (2x) as a dashed line.
+"""
+
+from __future__ import annotations
+
+from xml.sax.saxutils import escape
+
+SERIES = (  # key in the scaling table, label, colour, dashed
+    ("nft", "apply", "nft, first apply", "#1f77b4", False),
+    ("nft", "rerun", "nft, no-op re-run", "#1f77b4", True),
+    ("legacy", "apply", "legacy, first apply", "#d62728", False),
+    ("legacy", "rerun", "legacy, no-op re-run", "#d62728", True),
+)
+WIDTH, HEIGHT = 900, 380
+PANEL_W, PANEL_H = 340, 250
+TOP, LEFT = 50, 70
+
+
+def _nice_max(value):
+    for step in (0.5, 1, 2, 2.5, 5, 10, 20, 25, 50, 100):
+        if value <= step * 5:
+            return step * 5, step
+    return value, value / 5
+
+
+def _panel(out, x0, title, sizes, values, unit, target=None):
+    """values: {series index: [y per size]}."""
+    top = max(max(v) for v in values.values())
+    if target is not None:
+        top = max(top, target * 1.1)
+    ymax, step = _nice_max(top * 1.05)
+    n = len(sizes)
+
+    def px(i):
+        return x0 + (i + 0.5) * PANEL_W / n
+
+    def py(y):
+        return TOP + PANEL_H - max(0.0, y) / ymax * PANEL_H
+
+    out.append('<text x="%d" y="%d" font-size="14" font-weight="bold">%s</text>' % (x0, TOP - 14, escape(title)))
+    out.append('<rect x="%d" y="%d" width="%d" height="%d" fill="none" stroke="#444"/>' % (x0, TOP, PANEL_W, PANEL_H))
+    tick = 0.0
+    while tick <= ymax + 1e-9:
+        y = py(tick)
+        out.append('<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#ddd"/>' % (x0, y, x0 + PANEL_W, y))
+        out.append('<text x="%d" y="%.1f" font-size="11" text-anchor="end">%g</text>' % (x0 - 6, y + 4, tick))
+        tick += step
+    out.append('<text x="%d" y="%d" font-size="12" text-anchor="middle" transform="rotate(-90 %d %d)">%s</text>'
+               % (x0 - 45, TOP + PANEL_H // 2, x0 - 45, TOP + PANEL_H // 2, escape(unit)))
+    for i, size in enumerate(sizes):
+        out.append('<text x="%.1f" y="%d" font-size="11" text-anchor="middle">%s</text>'
+                   % (px(i), TOP + PANEL_H + 16, "{:,}".format(size)))
+    out.append('<text x="%d" y="%d" font-size="12" text-anchor="middle">excluded CIDRs</text>'
+               % (x0 + PANEL_W // 2, TOP + PANEL_H + 34))
+    if target is not None:
+        out.append('<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#2ca02c" stroke-width="1.5" '
+                   'stroke-dasharray="6,4"/>' % (x0, py(target), x0 + PANEL_W, py(target)))
+        out.append('<text x="%d" y="%.1f" font-size="11" fill="#2ca02c" text-anchor="end">target %gx</text>'
+                   % (x0 + PANEL_W - 4, py(target) - 4, target))
+    for index, ys in values.items():
+        _, _, _, colour, dashed = SERIES[index]
+        points = " ".join("%.1f,%.1f" % (px(i), py(y)) for i, y in enumerate(ys))
+        out.append('<polyline points="%s" fill="none" stroke="%s" stroke-width="2"%s/>'
+                   % (points, colour, ' stroke-dasharray="5,3"' if dashed else ""))
+        for i, y in enumerate(ys):
+            out.append('<circle cx="%.1f" cy="%.1f" r="3" fill="%s"/>' % (px(i), py(y), colour))
+
+
+def write_svg(path, sizes, table):
+    """``table["nft 1000"]["apply"]`` etc. as produced by bench.scaling_table."""
+    seconds = {i: [table["%s %d" % (s[0], n)][s[1]] for n in sizes] for i, s in enumerate(SERIES)}
+    ratios = {i: [table["%s %d" % (s[0], n)][s[1] + " ratio"] for n in sizes] for i, s in enumerate(SERIES)}
+    out = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" '
+           'font-family="sans-serif">' % (WIDTH, HEIGHT, WIDTH, HEIGHT),
+           '<rect width="100%" height="100%" fill="white"/>']
+    _panel(out, LEFT, "Task cost, net of ansible-playbook start-up", sizes, seconds, "seconds (median)")
+    _panel(out, LEFT + PANEL_W + 110, "Cost relative to 0 CIDRs", sizes, ratios, "x cost with 0 CIDRs", target=2)
+    legend_y = HEIGHT - 22
+    for i, (_, _, label, colour, dashed) in enumerate(SERIES):
+        x = LEFT + i * 200
+        out.append('<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="%s" stroke-width="2"%s/>'
+                   % (x, legend_y, x + 30, legend_y, colour, ' stroke-dasharray="5,3"' if dashed else ""))
+        out.append('<text x="%d" y="%d" font-size="12">%s</text>' % (x + 36, legend_y + 4, escape(label)))
+    out.append("</svg>")
+    with open(path, "w") as handle:
+        handle.write("\n".join(out) + "\n")

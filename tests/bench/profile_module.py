@@ -1,0 +1,231 @@
+# Copyright: contributors to the meshops.sidecar collection
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Profile the target side of ``istio_redirect_chains``: ``_capture.CaptureRun`` run in-process.
+
+The module's own code path, without Ansible around it: a params dict with the module's defaults,
+``run`` with subprocess (as ``AnsibleModule.run_command``), ``which`` with ``shutil.which``.
+Prints, for a first apply on a fresh namespace and a no-op re-run:
+
+* wall time per phase (inclusive: reading the other backend's rules is inside "other backend check"),
+  measured without a profiler, on ``--netns``;
+* a cProfile of each run on ``--profile-netns`` (a second fresh namespace), and for the legacy
+  backend a cProfile of the forked python-iptables children, which the parent's profiler cannot see.
+
+Needs root and two fresh namespaces made by the caller (bench.py does that); acts only in them.
+Example: ``python profile_module.py --backend legacy --cidrs 10000 --netns A --profile-netns B``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import functools
+import glob
+import io
+import ipaddress
+import json
+import os
+import pstats
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def _collection_root():
+    for entry in os.environ.get("ANSIBLE_COLLECTIONS_PATH", "").split(":"):
+        if entry and os.path.isfile(os.path.join(entry, "ansible_collections", "meshops", "sidecar", "galaxy.yml")):
+            return entry
+    raise SystemExit("ANSIBLE_COLLECTIONS_PATH does not lead to meshops.sidecar (run through tests/bench/run.sh)")
+
+
+sys.path.insert(0, _collection_root())
+
+# pylint: disable=wrong-import-position
+from ansible_collections.meshops.sidecar.plugins.module_utils import _capture, _nsenter, _routes, _xtables  # noqa: E402
+
+# The module's argument_spec defaults (plugins/modules/istio_redirect_chains.py).
+DEFAULTS = dict(
+    netns=None, state="present", backend="auto", proxy_port=15001, inbound_capture_port=15006,
+    inbound_tunnel_port=15008, proxy_uid=["1337"], proxy_gid=None, inbound_interception_mode="REDIRECT",
+    tproxy_mark=1337, tproxy_route_table=133, inbound_ports=["*"], exclude_inbound_ports=["15090", "15021", "15020"],
+    outbound_ip_ranges=["*"], exclude_outbound_ip_ranges=[], outbound_ports=[], exclude_outbound_ports=[],
+    exclude_interfaces=[], reroute_virtual_interfaces=[], outbound_owner_groups=["*"],
+    exclude_outbound_owner_groups=[], capture_dns=False, capture_all_dns=False, dns_servers=None, ipv6=None,
+    ipv4_loopback_cidr="127.0.0.1/32", drop_invalid=False, verify=False,
+)
+CHILD_DIR = tempfile.mkdtemp(prefix="meshops-profile-")
+PHASES = {}
+
+
+def run(argv, data=None):
+    """What the module's ``run`` does: AnsibleModule.run_command with C locale, text out."""
+    proc = subprocess.run(argv, input=data, capture_output=True, text=True, check=False,
+                          env=dict(os.environ, LANGUAGE="C", LC_ALL="C"))
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def _timed(name, func):
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            PHASES[name] = PHASES.get(name, 0.0) + time.perf_counter() - start
+    return wrapper
+
+
+CHILD_WORK = ("_legacy_read", "_legacy_apply", "_legacy_holds_rules")
+ORIGINAL_WORK = {attr: getattr(_xtables, attr) for attr in CHILD_WORK}
+
+
+def _in_child_wrapped(name, work, profile):
+    """Wrap work that ``_xtables._in_child`` runs in the forked child: time (and profile) it there.
+
+    The child reports through files in CHILD_DIR: the parent's profiler cannot see a forked child.
+    """
+    @functools.wraps(work)
+    def wrapper(*args):
+        profiler = cProfile.Profile() if profile else None
+        start = time.perf_counter()
+        if profiler:
+            profiler.enable()
+        try:
+            return work(*args)
+        finally:
+            if profiler:
+                profiler.disable()
+            stem = os.path.join(CHILD_DIR, "%s-%d" % (name, os.getpid()))
+            if profiler:
+                profiler.dump_stats(stem + ".prof")
+            with open(stem + ".time", "w") as handle:
+                handle.write(str(time.perf_counter() - start))
+    return wrapper
+
+
+def wrap_children(profile):
+    for attr in CHILD_WORK:
+        setattr(_xtables, attr, _in_child_wrapped(attr.lstrip("_"), ORIGINAL_WORK[attr], profile))
+
+
+def instrument():
+    for attr, name in (("build_options", "options"), ("plan_rules", "plan"), ("desired_state", "desired state"),
+                       ("owned_state", "owned state"), ("plan_changes", "compare"), ("render_state", "render"),
+                       ("restore_text", "render"), ("select_backend", "select backend")):
+        setattr(_capture, attr, _timed(name, getattr(_capture, attr)))
+    _nsenter.enter = _timed("enter netns", _nsenter.enter)
+    for cls in (_xtables.NftBackend, _xtables.LegacyBackend):
+        cls.read = _timed("read rules", cls.read)
+        cls.apply = _timed("apply", cls.apply)
+    _capture.CaptureRun._warn_about_other_backend = _timed(  # pylint: disable=protected-access
+        "other backend check", _capture.CaptureRun._warn_about_other_backend)  # pylint: disable=protected-access
+    _routes.RouteManager.policy_routes = _timed("routes", _routes.RouteManager.policy_routes)
+    _routes.RouteManager.has_passthrough_v6 = _timed("routes", _routes.RouteManager.has_passthrough_v6)
+    _xtables._in_child = _timed("legacy children (whole)", _xtables._in_child)  # pylint: disable=protected-access
+    wrap_children(profile=False)
+
+
+def execute(netns, backend, count):
+    base = int(ipaddress.IPv4Address("198.18.0.0"))
+    params = dict(DEFAULTS, netns=netns, backend=backend,
+                  exclude_outbound_ip_ranges=["%s/32" % ipaddress.IPv4Address(base + i) for i in range(count)])
+    warnings = []
+    runner = _capture.CaptureRun(params, False, run, shutil.which, warnings.append)
+    result = runner.execute()
+    return result, warnings
+
+
+def child_times():
+    total = 0.0
+    for path in glob.glob(os.path.join(CHILD_DIR, "*.time")):
+        with open(path) as handle:
+            total += float(handle.read())
+    return total
+
+
+def measure(netns, backend, count):
+    PHASES.clear()
+    for path in glob.glob(os.path.join(CHILD_DIR, "*")):
+        os.unlink(path)
+    start = time.perf_counter()
+    result, warnings = execute(netns, backend, count)
+    total = time.perf_counter() - start
+    phases = dict(PHASES)
+    if "legacy children (whole)" in phases:
+        work = child_times()
+        if work:
+            phases["legacy children: python-iptables work"] = work
+            phases["legacy children: fork, import iptc, IPC"] = phases["legacy children (whole)"] - work
+    return {"total": total, "changed": result["changed"], "backend": result["backend"], "phases": phases,
+            "warnings": warnings}
+
+
+def print_profile(title, stats_source, limit):
+    out = io.StringIO()
+    sources = stats_source if isinstance(stats_source, list) else [stats_source]
+    stats = pstats.Stats(*sources, stream=out)
+    stats.strip_dirs()
+    print("---- %s: top %d by own time" % (title, limit))
+    stats.sort_stats("tottime").print_stats(limit)
+    print("\n".join(line for line in out.getvalue().splitlines() if line.strip() and "Ordered by" not in line
+                    and "List reduced" not in line))
+    out.seek(0)
+    out.truncate()
+    print("---- %s: top %d by cumulative time" % (title, limit))
+    stats.sort_stats("cumulative").print_stats(limit)
+    print("\n".join(line for line in out.getvalue().splitlines() if line.strip() and "Ordered by" not in line
+                    and "List reduced" not in line and "function calls" not in line))
+
+
+def profiled(netns, backend, count, label, limit):
+    for path in glob.glob(os.path.join(CHILD_DIR, "*")):
+        os.unlink(path)
+    profile = cProfile.Profile()
+    profile.enable()
+    execute(netns, backend, count)
+    profile.disable()
+    print_profile("%s, %s, parent process" % (label, backend), profile, limit)
+    children = sorted(glob.glob(os.path.join(CHILD_DIR, "*.prof")))
+    if children:
+        print_profile("%s, %s, python-iptables children (%s)" % (
+            label, backend, ", ".join(os.path.basename(c).rsplit("-", 1)[0] for c in children)),
+            children, limit)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backend", choices=("nft", "legacy"), required=True)
+    parser.add_argument("--cidrs", type=int, default=10000)
+    parser.add_argument("--netns", required=True, help="fresh namespace for the timed runs")
+    parser.add_argument("--profile-netns", help="fresh namespace for the profiled runs (none: no cProfile)")
+    parser.add_argument("--limit", type=int, default=18, help="functions listed per profile")
+    parser.add_argument("--json", help="write the timed summary here")
+    args = parser.parse_args()
+    for name in (args.netns, args.profile_netns):
+        if name is not None and not _nsenter.exists(name):
+            raise SystemExit("no namespace %r" % name)
+    instrument()
+    summary = {}
+    for label in ("apply", "noop"):
+        summary[label] = measure(args.netns, args.backend, args.cidrs)
+        expected = label == "apply"
+        if summary[label]["changed"] != expected:
+            raise SystemExit("%s: changed=%s, expected %s" % (label, summary[label]["changed"], expected))
+        print("%s %s, %d CIDRs: %.3f s; phases (inclusive): %s" % (
+            args.backend, "first apply" if expected else "no-op re-run", args.cidrs, summary[label]["total"],
+            ", ".join("%s %.3f" % kv for kv in sorted(summary[label]["phases"].items(), key=lambda kv: -kv[1]))))
+    if args.profile_netns:
+        wrap_children(profile=True)
+        for label in ("first apply", "no-op re-run"):
+            profiled(args.profile_netns, args.backend, args.cidrs, label, args.limit)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(summary, handle, indent=1)
+    shutil.rmtree(CHILD_DIR, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -739,7 +739,7 @@ def _plan_uplink(desired, current):
     inner_now = _visible(inner.addresses, uplink.addresses) if inner else []
     host_start = host_now if paired else []
     inner_start = inner_now if paired else []
-    host_addr_steps, _ = _address_steps(["ip"], uplink.host_interface, host_start, uplink.host_addresses)
+    host_addr_steps, _host_deleted = _address_steps(["ip"], uplink.host_interface, host_start, uplink.host_addresses)
     inner_addr_steps, inner_deleted = _address_steps(ipn, uplink.interface, inner_start, uplink.addresses)
     addr_steps = list(host_addr_steps)
     if not paired or not host.up:

@@ -25,13 +25,13 @@ description:
     reported before any change, in check mode too.
   - A namespace left half-built by an earlier failure is completed, and the module warns about it. That
     covers a C(/run/netns/NAME) file that is not a mounted namespace, and a host end of the uplink
-    whose peer is not the namespace's O(uplink.interface). Something the module will not replace
-    makes it fail with an explanation: a non-veth device with the uplink's name, or a veth that belongs
+    whose peer is not the namespace's O(uplink.interface). The module fails, and says why, rather than
+    replace what is not its own, such as a non-veth device with the uplink's name or a veth that belongs
     to another named namespace.
   - After a change the module reads the state again. If anything still differs from what was asked
     (for example a sysctl value the kernel rewrote), it fails and says what.
 author:
-  - meshops.sidecar developers
+  - meshops.sidecar developers (@meshops)
 requirements:
   - iproute2 (the C(ip) command, with JSON output; tested with iproute2 6.1)
   - root, or the capabilities C(CAP_SYS_ADMIN) and C(CAP_NET_ADMIN)
@@ -249,7 +249,7 @@ interfaces:
       sample: up
   sample:
     - name: lo
-      addresses: [127.0.0.1/8, ::1/128]
+      addresses: [127.0.0.1/8, '::1/128']
       state: up
       operstate: unknown
     - name: eth0

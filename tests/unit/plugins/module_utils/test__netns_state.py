@@ -180,7 +180,14 @@ class TestSysctlValues:
 
     def test_results(self):
         desired = st.validate(
-            params(sysctls={"net.ipv4.tcp_rmem": "4096 87380 6291456", "net.core.netdev_max_backlog": 1, "net.netfilter.nf_conntrack_max": 1, "net.ipv4.ip_default_ttl": "abc"})
+            params(
+                sysctls={
+                    "net.ipv4.tcp_rmem": "4096 87380 6291456",
+                    "net.core.netdev_max_backlog": 1,
+                    "net.netfilter.nf_conntrack_max": 1,
+                    "net.ipv4.ip_default_ttl": "abc",
+                }
+            )
         )
         values, errors = st.sysctl_results(
             desired,
@@ -515,7 +522,10 @@ class TestPlanAbsent:
         "link, warning",
         [
             (st.Link("veth-app", 8, "bridge"), "uplink.host_interface='veth-app' is a bridge device, not a veth: left alone"),
-            (st.Link("veth-app", 8, "veth", link_index=2, link_netnsid=0), "uplink.host_interface='veth-app' is the uplink of network namespace 'other': left alone"),
+            (
+                st.Link("veth-app", 8, "veth", link_index=2, link_netnsid=0),
+                "uplink.host_interface='veth-app' is the uplink of network namespace 'other': left alone",
+            ),
         ],
     )
     def test_host_interface_that_is_not_ours(self, link, warning):

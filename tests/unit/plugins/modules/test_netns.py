@@ -102,7 +102,11 @@ def machine(monkeypatch, tmp_path):
     def install(before, after=None, failures=None):
         fake = FakeMachine(before, after, failures)
         holder["fake"] = fake
-        monkeypatch.setattr(basic.AnsibleModule, "run_command", lambda self, args, **kw: fake.run_command(self, args, **kw))
+
+        def run_command(module, args, **kwargs):
+            return fake.run_command(module, args, **kwargs)
+
+        monkeypatch.setattr(basic.AnsibleModule, "run_command", run_command)
         monkeypatch.setattr(basic.AnsibleModule, "get_bin_path", lambda self, name, required=False, opt_dirs=None: IP)
         monkeypatch.setattr(_nsenter, "exists", lambda name: fake.now["exists"])
         monkeypatch.setattr(_nsenter, "is_mounted", lambda name: fake.now["mounted"])

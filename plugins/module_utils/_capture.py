@@ -229,8 +229,7 @@ class CaptureRun:
                 continue
             if any(not table.is_empty() for table in theirs.values()):
                 self.warn("the %s backend also holds ISTIO_* rules (%s): both rule sets are live in the kernel. "
-                          "Remove them with state=absent backend=%s." % (other.name, _FAMILY_TITLE[family],
-                                                                       other.name))
+                          "Remove them with state=absent backend=%s." % (other.name, _FAMILY_TITLE[family], other.name))
 
     def _apply(self, backend, changes, before):
         applied = []

@@ -56,7 +56,7 @@ def ssh_session(pid=None):
 
 def _port_in(port, specs):
     for spec in specs:
-        low, _, high = spec.partition(":")
+        low, dummy, high = spec.partition(":")
         if int(low) <= port <= int(high or low):
             return True
     return False

@@ -199,7 +199,7 @@ def parse_save(text):
             dump.policies[name] = policy
             dump.chains.setdefault(name, [])
         elif line.startswith("-A ") and dump is not None:
-            _, chain, rest = (line + " ").split(" ", 2)
+            chain, rest = (line[3:] + " ").split(" ", 1)
             dump.chains.setdefault(chain, []).append(rest.strip())
         else:
             raise ValueError("cannot parse iptables-save line %r" % raw)

@@ -53,7 +53,7 @@ def parse_policy_routes(family, rules_json, routes_of_table):
         table = int(rule["table"])
         routes = routes_of_table(table)
         if any(r.get("type") == "local" and r.get("dst") == "default" and r.get("dev") == "lo" for r in routes):
-            found.add(PolicyRoute(family, int(str(rule["fwmark"]).split("/")[0], 0), table))
+            found.add(PolicyRoute(family, int(str(rule["fwmark"]).split("/", 1)[0], 0), table))
     return found
 
 

@@ -96,7 +96,7 @@ def verify_capture(family, uid, gid, inbound_port, timeout=5.0):
         outcome = _connect_as(uid, gid, family, timeout)
         if outcome is not None:
             raise VerifyError("as uid %d, the connection to %s was not captured: %s" % (uid, probe["to"], outcome))
-        conn, _ = listener.accept()
+        conn = listener.accept()[0]
         with conn:
             probe["landed_on"] = "%s:%d" % (source, inbound_port)
             probe["original_dst"] = _original_dst(conn, family)

@@ -199,7 +199,7 @@ def _legacy_read(family):
     for table in CAPTURE_TABLES:
         if table in loaded:  # opening a table that is not there would create it
             rules = _legacy_rules(family, table)
-            result[table] = [(chain, [args for args, _ in chain_rules]) for chain, chain_rules in rules.items()]
+            result[table] = [(chain, [args for args, dummy in chain_rules]) for chain, chain_rules in rules.items()]
     return result
 
 
@@ -216,7 +216,7 @@ def _legacy_holds_rules(family):
 def _legacy_apply(family, changes):
     changes = [(table, [Op(**op) for op in ops]) for table, ops in changes]
     with _XtablesLock():
-        before = {table: _legacy_rules(family, table) for table, _ in changes}
+        before = {table: _legacy_rules(family, table) for table, dummy in changes}
         handles = []
         try:
             for table, ops in changes:
@@ -248,7 +248,7 @@ def _put_back(family, tables, before):
         for name, rules in before[table].items():
             chain = now.get(name) or handle.create_chain(name)
             chain.flush()
-            for _, rule in rules:
+            for dummy, rule in rules:
                 chain.append_rule(rule)
         for name in now:
             if name not in before[table] and not handle.builtin_chain(name):
@@ -261,7 +261,7 @@ def _apply_ops(handle, family, ops, current):
     """Carry out ``_reconcile.Op`` steps on a libiptc table handle (nothing is committed here)."""
     # Rules are deleted by number: a rule object read back from libiptc does not always
     # delete by content. Deletes only touch built-in chains, which are never flushed here.
-    numbered = {chain: [args for args, _ in rules] for chain, rules in current.items()}
+    numbered = {chain: [args for args, dummy in rules] for chain, rules in current.items()}
     for op in ops:
         if op.kind == "declare":
             if handle.is_chain(op.chain):

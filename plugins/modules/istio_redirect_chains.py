@@ -26,7 +26,7 @@ description:
     written to.
   - Each address family is applied as one transaction; if it fails, the previous rules stay exactly as they were.
 author:
-  - meshops.sidecar developers
+  - meshops.sidecar developers (@meshops)
 requirements:
   - iproute2 (C(ip)) on the target.
   - For O(backend=nft), the iptables-nft tools (C(iptables-nft-save), C(iptables-nft-restore), and their C(ip6tables)
@@ -37,12 +37,13 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: Nothing is changed; RV(changed), RV(commands) and the diff say what would change.
+    details: Nothing is changed; C(changed), RV(commands) and the diff say what would change.
   diff_mode:
     support: full
     details: The before and after text of the rules of ours, in C(iptables-save) form, plus routes.
   idempotent:
     support: full
+    description: A second run with the same options changes nothing and reports no change.
   platform:
     platforms: posix
     details: Linux only; needs root (C(CAP_NET_ADMIN), and C(CAP_SYS_ADMIN) to enter O(netns)).
@@ -216,7 +217,9 @@ notes:
     controlled by O(ipv6), and unlike Istio, invalid CIDRs fail the task instead of being skipped.
 seealso:
   - module: meshops.sidecar.netns
-  - role: meshops.sidecar.interception
+  - name: The meshops.sidecar.interception role
+    description: The same capture for a VM or a workload namespace, from istioctl's cluster.env, kept across reboots.
+    link: https://github.com/meshops/sidecar/tree/main/roles/interception
   - module: ansible.builtin.iptables
   - module: community.general.iptables_state
   - name: Istio traffic capture, in this collection's docs

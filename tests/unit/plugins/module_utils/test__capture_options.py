@@ -29,7 +29,7 @@ USERS = {"istio-proxy": 998}
 GROUPS = {"istio-proxy": 997, "apps": 500}
 
 
-def build(**overrides):
+def build_with_calls(**overrides):
     calls = []
 
     def resolv():
@@ -42,6 +42,10 @@ def build(**overrides):
 
     opts = build_options(dict(DEFAULTS, **overrides), USERS.get, GROUPS.get, resolv, ipv6)
     return opts, calls
+
+
+def build(**overrides):
+    return build_with_calls(**overrides)[0]
 
 
 def error(**overrides):
@@ -58,7 +62,7 @@ def test_istio_style_lists(value, expected):
 
 
 def test_defaults_are_istio_k8s_defaults():
-    opts, calls = build()
+    opts, calls = build_with_calls()
     assert opts.proxy_uids == ("1337",) and opts.proxy_gids == ("1337",)
     assert opts.inbound_ports == "*" and opts.outbound_ip_ranges == "*"
     assert opts.exclude_inbound_ports == ("15090", "15021", "15020")
@@ -66,13 +70,13 @@ def test_defaults_are_istio_k8s_defaults():
 
 
 def test_proxy_gid_defaults_to_the_uid_values_resolved_as_groups():
-    opts, _ = build(proxy_uid=["istio-proxy"])
+    opts = build(proxy_uid=["istio-proxy"])
     assert opts.proxy_uids == ("998",)
     assert opts.proxy_gids == ("997",)  # the istio-proxy group, not the uid number
 
 
 def test_numbers_are_taken_as_they_are():
-    opts, _ = build(proxy_uid=["0042"], proxy_gid=["7"])
+    opts = build(proxy_uid=["0042"], proxy_gid=["7"])
     assert opts.proxy_uids == ("42",) and opts.proxy_gids == ("7",)
 
 
@@ -109,38 +113,38 @@ def test_bad_values_name_option_and_value(overrides, option, value):
 
 
 def test_ports_and_ranges():
-    opts, _ = build(exclude_inbound_ports="22, 8000-8100,15020", outbound_ports=[443], inbound_ports="80")
+    opts = build(exclude_inbound_ports="22, 8000-8100,15020", outbound_ports=[443], inbound_ports="80")
     assert opts.exclude_inbound_ports == ("22", "8000:8100", "15020")
     assert opts.outbound_ports == ("443",) and opts.inbound_ports == ("80",)
 
 
 def test_empty_lists_mean_none():
-    opts, _ = build(inbound_ports=[], outbound_ip_ranges="")
+    opts = build(inbound_ports=[], outbound_ip_ranges="")
     assert opts.inbound_ports == () and opts.outbound_ip_ranges == ()
 
 
 def test_cidrs_keep_their_family_and_istio_text():
-    opts, _ = build(exclude_outbound_ip_ranges=["198.18.7.9/16", "2001:0DB8::/32"])
+    opts = build(exclude_outbound_ip_ranges=["198.18.7.9/16", "2001:0DB8::/32"])
     assert opts.exclude_outbound_ip_ranges == ((IPV4, "198.18.7.9/16"), (IPV6, "2001:db8::/32"))
 
 
 def test_dns_servers_default_to_the_namespace_resolv_conf_only_when_capturing():
-    opts, calls = build(capture_dns=True)
+    opts, calls = build_with_calls(capture_dns=True)
     assert opts.dns_servers == ((IPV4, "198.18.0.53"), (IPV6, "2001:db8::53"))
     assert "resolv" in calls
-    opts, calls = build(capture_dns=True, dns_servers=[])
+    opts, calls = build_with_calls(capture_dns=True, dns_servers=[])
     assert opts.dns_servers == () and not opts.redirect_dns and "resolv" not in calls
-    opts, calls = build(capture_dns=True, capture_all_dns=True)
+    opts, calls = build_with_calls(capture_dns=True, capture_all_dns=True)
     assert opts.redirect_dns and "resolv" not in calls
 
 
 def test_explicit_ipv6_skips_detection():
-    opts, calls = build(ipv6=True)
+    opts, calls = build_with_calls(ipv6=True)
     assert opts.ipv6 is True and "ipv6" not in calls
 
 
 def test_owner_groups_resolve():
-    opts, _ = build(outbound_owner_groups=["apps", "10"])
+    opts = build(outbound_owner_groups=["apps", "10"])
     assert opts.outbound_owner_groups == ("500", "10")
 
 

@@ -102,7 +102,8 @@ def test_reordered_rules_are_repaired():
 
 
 def test_duplicated_jump_is_removed_and_foreign_rules_untouched():
-    text = _edit(kernel(IPV4), "-A OUTPUT -j ISTIO_OUTPUT\n", "-A OUTPUT -j ISTIO_OUTPUT\n-A OUTPUT -p tcp -m tcp --dport 9 -j RETURN\n-A OUTPUT -j ISTIO_OUTPUT\n")
+    jump = "-A OUTPUT -j ISTIO_OUTPUT\n"
+    text = _edit(kernel(IPV4), jump, jump + "-A OUTPUT -p tcp -m tcp --dport 9 -j RETURN\n" + jump)
     nat = changes_for(text)["nat"]
     deletes = [op for op in nat if op.kind == "delete"]
     assert deletes == [Op("delete", "OUTPUT", "-o eth9 -j RETURN"), Op("delete", "OUTPUT", "-j ISTIO_OUTPUT"),

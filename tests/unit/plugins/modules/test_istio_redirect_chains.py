@@ -39,7 +39,7 @@ class FakeTarget:
         return 0, "", ""
 
     def writes(self):
-        return [args for args, _ in self.calls
+        return [args for args, dummy in self.calls
                 if os.path.basename(args[0]) not in READ_ONLY and "-json" not in args]
 
 
@@ -72,7 +72,7 @@ def test_apply_runs_one_restore_per_family(mocker, capsys):
     result = run_module(mocker, capsys, target, ipv6=False)
     assert result["changed"] is True
     restores = [(args, data) for args, data in target.calls if args[0].endswith("-restore")]
-    assert [args for args, _ in restores] == [["iptables-nft-restore", "--noflush"]]
+    assert [args for args, dummy in restores] == [["iptables-nft-restore", "--noflush"]]
     assert restores[0][1].startswith("*nat\n:ISTIO_INBOUND - [0:0]\n")
 
 

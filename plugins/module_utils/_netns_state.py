@@ -721,9 +721,10 @@ def _plan_uplink(desired, current):
                 if veth.link_netnsid == nsid and veth.link_index == inner.ifindex:
                     inner_peer = veth
         if inner_peer is None:
+            where = "inside the namespace itself" if inner.link_netnsid is None else "in another namespace"
             raise StateError(
-                "%s exists in network namespace %r and is a veth to another namespace, not to the host: refusing to replace it"
-                % (label_inner, name)
+                "%s exists in network namespace %r and is a veth whose peer is %s, not in the host namespace: refusing to replace it"
+                % (label_inner, name, where)
             )
         warnings.append(
             "%s is paired with host interface %r, not %r; the veth pair is recreated" % (label_inner, inner_peer.name, uplink.host_interface)

@@ -449,8 +449,16 @@ class TestPlanPresent:
         current = configured()
         current.host_link = None
         current.host_veths = []
-        with pytest.raises(st.StateError, match="is a veth to another namespace, not to the host"):
+        with pytest.raises(st.StateError, match="is a veth whose peer is in another namespace, not in the host namespace"):
             make_plan(current, uplink=uplink(host_interface="veth-new"))
+
+    def test_inner_veth_with_both_ends_inside_is_refused(self):
+        current = configured()
+        current.host_link = None
+        current.host_veths = [veth for veth in current.host_veths if veth.name != "veth-app"]
+        current.link("eth0").link_netnsid = None
+        with pytest.raises(st.StateError, match="is a veth whose peer is inside the namespace itself"):
+            make_plan(current, uplink=uplink())
 
     def test_sysctls_compared_as_the_kernel_prints_them(self):
         current = configured()

@@ -125,7 +125,7 @@ def _in_child(work, *args):
         os.close(read_end)
         try:
             global iptc  # pylint: disable=global-statement
-            iptc = importlib.import_module("iptc")
+            iptc = _import_iptc()
             result = {"ok": work(*args)}
         except BackendError as exc:
             result = {"error": str(exc)}
@@ -146,6 +146,27 @@ def _in_child(work, *args):
     return result["ok"]
 
 
+def _import_iptc():
+    """Import python-iptables without its costly, optional use of distutils.
+
+    python-iptables 1.2 (iptc/util.py) takes ``get_python_lib`` from distutils when that imports,
+    else from sysconfig, only to look for its helper library; both find the same file. In a
+    virtualenv ``import distutils`` goes through setuptools' shim: 0.25 s or more, in every child.
+    A ``None`` in ``sys.modules`` makes that import fail as on a Python without distutils. Older
+    python-iptables import distutils unconditionally: they get it, as before.
+    """
+    if "distutils" in sys.modules:
+        return importlib.import_module("iptc")
+    sys.modules["distutils"] = None
+    try:
+        return importlib.import_module("iptc")
+    except ImportError:
+        pass
+    finally:
+        del sys.modules["distutils"]
+    return importlib.import_module("iptc")
+
+
 class LegacyBackend:
     name = "legacy"
 
@@ -155,6 +176,10 @@ class LegacyBackend:
         return []
 
     def read(self, family):
+        if not _loaded_legacy_tables(family) & set(CAPTURE_TABLES):
+            # The child would find nothing to read: save its fork and python-iptables import
+            # (0.3 s or more; every run reads IPv6, which is mostly not there).
+            return {}
         chains_by_table = _in_child(_legacy_read, family)
         dumps = {}
         for table, chains in chains_by_table.items():

@@ -20,6 +20,11 @@ export PATH := $(VENV)/bin:$(PATH)
 export CONTAINERS_CONF := $(CURDIR)/$(UTILS)/containers.conf
 export ANSIBLE_COLLECTIONS_PATH := $(DEPS_DIR)
 
+# The demo runs the installed collection (not the working tree) on the implicit localhost,
+# whose interpreter is the venv's python (ansible-core + python-iptables).
+DEMO_ENV      := ANSIBLE_COLLECTIONS_PATH=$(INSTALL_DIR):$(DEPS_DIR) ANSIBLE_LOCALHOST_WARNING=false \
+                 ANSIBLE_INVENTORY_UNPARSED_WARNING=false
+
 # Extra arguments for one gate, e.g. make sanity ARGS='--test validate-modules'
 ARGS ?=
 gate_args = $(if $(strip $(ARGS)),-- $(ARGS),)
@@ -77,12 +82,10 @@ install: deps ## build and install the collection into .cache/install
 demo: ## fresh machine (root): install what is needed, build + install, run the demo playbook
 	$(UTILS)/bootstrap.sh apt venv collections
 	$(UTILS)/build-collection.sh --install $(INSTALL_DIR)
-	ANSIBLE_COLLECTIONS_PATH=$(INSTALL_DIR):$(DEPS_DIR) ANSIBLE_LOCALHOST_WARNING=false \
-	    ansible-playbook $(COLLECTION).demo $(ARGS)
+	$(DEMO_ENV) ansible-playbook $(COLLECTION).demo $(ARGS)
 
 demo-clean: ## undo the demo (demo_state=absent)
-	ANSIBLE_COLLECTIONS_PATH=$(INSTALL_DIR):$(DEPS_DIR) ANSIBLE_LOCALHOST_WARNING=false \
-	    ansible-playbook $(COLLECTION).demo -e demo_state=absent $(ARGS)
+	$(DEMO_ENV) ansible-playbook $(COLLECTION).demo -e demo_state=absent $(ARGS)
 
 bench: deps ## run tests/bench/run.sh (not part of make test)
 	@if [ -x tests/bench/run.sh ] || [ -f tests/bench/run.sh ]; then \

@@ -20,7 +20,7 @@ case "${1:-}" in
     *) die "usage: $0 [--install DIR]" ;;
 esac
 
-sync_collection_copy
+sync_collection_copy build
 rm -rf "$BUILD_DIR"
 mkdir -p "$BUILD_DIR"
 (cd "$COLLECTION_COPY" && ansible-galaxy collection build --force --output-path "$BUILD_DIR") >&2
@@ -30,6 +30,7 @@ tarball="${tarballs[0]}"
 if [ -n "$install_dir" ]; then
     # --offline: the tarball is all there is; --no-deps: galaxy.yml has none, and Galaxy is
     # unreachable anyway (third-party collections come from .cache/deps).
-    ansible-galaxy collection install --offline --no-deps --force -p "$install_dir" "$tarball" >&2
+    ANSIBLE_COLLECTIONS_PATH="$install_dir:$ANSIBLE_COLLECTIONS_PATH" \
+        ansible-galaxy collection install --offline --no-deps --force -p "$install_dir" "$tarball" >&2
 fi
 printf '%s\n' "$tarball"

@@ -17,9 +17,11 @@ VENV_DIR="${VENV_DIR:-$MESHOPS_ROOT/.venv}"
 CACHE_DIR="$MESHOPS_ROOT/.cache"
 # Third-party collections unpacked from the "ansible" wheel (containers.podman, ...).
 DEPS_COLLECTIONS_DIR="$CACHE_DIR/deps"
-# A real (not symlinked) ansible_collections/NS/NAME copy of the checkout for ansible-test.
-ANSIBLE_TEST_ROOT="$CACHE_DIR/ansible-test"
-COLLECTION_COPY="$ANSIBLE_TEST_ROOT/ansible_collections/$COLLECTION_NAMESPACE/$COLLECTION_NAME"
+# Real (not symlinked) ansible_collections/NS/NAME copies of the checkout, for ansible-test and
+# the build: one per user (gate) so that gates can run at the same time, set by
+# sync_collection_copy: .cache/ansible-test/<user>/ansible_collections/NS/NAME.
+ANSIBLE_TEST_ROOT=""
+COLLECTION_COPY=""
 # The built tarball is installed here for `make demo` (and the docs gate installs into a temp dir).
 INSTALL_COLLECTIONS_DIR="$CACHE_DIR/install"
 BUILD_DIR="$CACHE_DIR/build"
@@ -55,7 +57,19 @@ require_root() {
 }
 
 # Refresh the real collection copy ansible-test needs (tracked + untracked-not-ignored files).
+# $1 names the copy (the gate using it). The copy stays locked until this process and its
+# children exit, so two runs of the same gate in one checkout wait for each other instead of
+# rewriting files under each other's feet.
 sync_collection_copy() {
+    local user="${1:?sync_collection_copy needs the name of its user}"
+    ANSIBLE_TEST_ROOT="$CACHE_DIR/ansible-test/$user"
+    COLLECTION_COPY="$ANSIBLE_TEST_ROOT/ansible_collections/$COLLECTION_NAMESPACE/$COLLECTION_NAME"
+    mkdir -p "$ANSIBLE_TEST_ROOT"
+    exec 8>"$ANSIBLE_TEST_ROOT.lock"
+    if ! flock -n 8; then
+        log "waiting for another run using ${ANSIBLE_TEST_ROOT#"$MESHOPS_ROOT/"} to finish"
+        flock 8
+    fi
     python3 "$MESHOPS_ROOT/tests/utils/sync-collection.py" "$MESHOPS_ROOT" "$COLLECTION_COPY"
     # ansible-test lists content with `git ls-files` of the nearest enclosing repository: without
     # a repository of its own the copy would be seen through the checkout's, where .cache/ is

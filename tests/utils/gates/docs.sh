@@ -64,7 +64,7 @@ doc_everything() {
 }
 
 log "ansible-doc from the working tree"
-sync_collection_copy
+sync_collection_copy docs
 doc_everything "$ANSIBLE_TEST_ROOT:$DEPS_COLLECTIONS_DIR"
 
 log "antsibull-docs lint-collection-docs"
@@ -89,7 +89,8 @@ else
     [ -z "$clutter" ] || fail "the tarball carries build clutter: $(echo "$clutter" | head -n 5 | tr '\n' ' ')"
     printf 'tarball: %s (%s files, %s)\n' "${tarball#"$MESHOPS_ROOT/"}" "$(tar -tzf "$tarball" | wc -l)" "$(du -h "$tarball" | cut -f1)"
     installed="$(mktemp -d "$CACHE_DIR/install-check.XXXXXX")"
-    if ansible-galaxy collection install --offline --no-deps -p "$installed" "$tarball"; then
+    if ANSIBLE_COLLECTIONS_PATH="$installed" \
+        ansible-galaxy collection install --offline --no-deps -p "$installed" "$tarball"; then
         doc_everything "$installed:$DEPS_COLLECTIONS_DIR"
         shopt -s nullglob
         for file in playbooks/*.yml playbooks/*.yaml; do

@@ -30,6 +30,6 @@ done
 targets=("$targets_dir"/*/)
 [ ${#targets[@]} -gt 0 ] || die "no integration targets in tests/integration/targets"
 
-sync_collection_copy
+sync_collection_copy integration
 ansible_test integration --local --python-interpreter "$VENV_DIR/bin/python" \
     --allow-destructive --continue-on-error --color no "$@"

@@ -28,6 +28,13 @@ done
     || "$MESHOPS_ROOT/tests/utils/bootstrap.sh" collections
 "$MESHOPS_ROOT/tests/utils/build-images.sh"
 
+# Scenario instances have fixed names: one molecule run per machine at a time.
+exec 9>/var/lock/meshops-molecule.lock
+if ! flock -n 9; then
+    log "waiting for another molecule run on this machine to finish"
+    flock 9
+fi
+
 failed=()
 for scenario in "${scenarios[@]}"; do
     start=$SECONDS

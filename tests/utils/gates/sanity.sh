@@ -17,5 +17,5 @@ if [ ${#ignores[@]} -gt 0 ]; then
     die "sanity ignore files are not allowed, fix the findings instead: ${ignores[*]#"$MESHOPS_ROOT/"}"
 fi
 
-sync_collection_copy
+sync_collection_copy sanity
 ansible_test sanity --local --python "$TEST_PYTHON_VERSION" --color no "$@"

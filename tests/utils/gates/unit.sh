@@ -16,5 +16,5 @@ require_venv
 if [ -z "$(find "$MESHOPS_ROOT/tests/unit" -name 'test_*.py' -print -quit 2>/dev/null)" ]; then
     die "no unit tests (tests/unit/**/test_*.py)"
 fi
-sync_collection_copy
+sync_collection_copy unit
 ansible_test units --local --python "$TEST_PYTHON_VERSION" --color no "$@"

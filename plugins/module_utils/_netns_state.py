@@ -633,21 +633,17 @@ def _plan_present(desired, current, kernel_values):
     if (lo.up if lo else False) != desired.loopback:
         steps.append(command(*(ipn + ["link", "set", "dev", "lo", after["loopback"]])))
 
-    route_deletes = []
-    route_adds = []
     uplink = desired.uplink
     recreated = False
     if uplink is not None:
-        recreated, pair_steps, pair_warnings, uplink_before, uplink_after, route_deletes, route_adds, addr_steps = _plan_uplink(
-            desired, current
-        )
-        steps.extend(pair_steps)
-        warnings.extend(pair_warnings)
-        before["uplink"] = uplink_before
-        after["uplink"] = uplink_after
-        steps.extend(route_deletes)
-        steps.extend(addr_steps)
-        steps.extend(route_adds)
+        part = _plan_uplink(desired, current)
+        recreated = part.recreated
+        warnings.extend(part.warnings)
+        before["uplink"] = part.before
+        after["uplink"] = part.after
+        # Unwanted routes go before any address does (the kernel may drop them with it); wanted
+        # ones are (re)applied once the addresses are in place and the link is up.
+        steps.extend(part.pair_steps + part.route_deletes + part.address_steps + part.route_adds)
 
     if desired.sysctls:
         before["sysctls"] = {}
@@ -677,6 +673,18 @@ def _plan_present(desired, current, kernel_values):
             )
 
     return Plan(before=before, after=after, steps=steps, warnings=warnings)
+
+
+@dataclass
+class _UplinkPlan:
+    recreated: bool
+    pair_steps: list
+    route_deletes: list
+    address_steps: list
+    route_adds: list
+    warnings: list
+    before: dict
+    after: dict
 
 
 def _plan_uplink(desired, current):
@@ -800,7 +808,16 @@ def _plan_uplink(desired, current):
         "addresses": _sorted(uplink.addresses),
         "default_routes": sorted(str(r) for r in kept),
     }
-    return (not paired), steps, warnings, uplink_before, uplink_after, route_deletes, route_adds, addr_steps
+    return _UplinkPlan(
+        recreated=not paired,
+        pair_steps=steps,
+        route_deletes=route_deletes,
+        address_steps=addr_steps,
+        route_adds=route_adds,
+        warnings=warnings,
+        before=uplink_before,
+        after=uplink_after,
+    )
 
 
 def _plan_absent(desired, current):

@@ -375,11 +375,7 @@ def _render_rule(rule, family):
     ip = rule.get_ip()
     out = []
     for flag, value in (("-s", rule.src), ("-d", rule.dst)):
-        negated = value.startswith("!")
-        network = ipaddress.ip_network(value.lstrip("!"), strict=False)
-        if network.prefixlen or negated:
-            out += (["!"] if negated else []) + [flag, "%s/%d" % (network.network_address.compressed,
-                                                                  network.prefixlen)]
+        out += _address_tokens(flag, value)
     for flag, value in (("-i", rule.in_interface), ("-o", rule.out_interface)):
         if value:
             out += (["!", flag, value[1:]] if value.startswith("!") else [flag, value])
@@ -398,6 +394,23 @@ def _render_rule(rule, family):
         if saved and saved.strip():
             out.append(saved.decode().strip())
     return " ".join(out)
+
+
+def _address_tokens(flag, value):
+    """The ``-s``/``-d`` arguments for python-iptables' ``[!]ADDR/MASK`` text; none for "any address"."""
+    negated = value.startswith("!")
+    if not negated:
+        # The two commonest texts (no address; an IPv4 host, as thousands of exclusions are)
+        # give what ipaddress gives, without its parsing (~30 us, twice per rule read).
+        # inet_ntop, which python-iptables uses, already prints the canonical dotted quad.
+        if value in ("0.0.0.0/0.0.0.0", "::/0"):
+            return []
+        if value.endswith("/255.255.255.255"):
+            return [flag, value[:-len("/255.255.255.255")] + "/32"]
+    network = ipaddress.ip_network(value.lstrip("!"), strict=False)
+    if network.prefixlen or negated:
+        return (["!"] if negated else []) + [flag, "%s/%d" % (network.network_address.compressed, network.prefixlen)]
+    return []
 
 
 def select_backend(requested, families, nft, legacy):

@@ -62,6 +62,12 @@ class Uplink:
     host_addresses: tuple
     addresses: tuple
     default_route: bool
+    peer_netns: str = None  # the "host" end lives in this named namespace instead of the host's
+
+    @property
+    def host_ip(self):
+        """``ip`` as it acts on the side that holds O(uplink.host_interface)."""
+        return ["ip"] if self.peer_netns is None else ["ip", "-n", self.peer_netns]
 
 
 @dataclass(frozen=True)
@@ -192,6 +198,13 @@ def validate(params):
         for index, iface in enumerate(addresses):
             if any(other.ip == iface.ip for other in host_addresses):
                 errors.append("uplink.addresses[%d]=%r is also in uplink.host_addresses" % (index, str(iface)))
+        peer_netns = raw.get("peer_netns")
+        if peer_netns is not None:
+            problem = name_error(peer_netns)
+            if problem:
+                errors.append("uplink.peer_netns=%r %s" % (peer_netns, problem))
+            elif peer_netns == name:
+                errors.append("uplink.peer_netns=%r is the namespace itself; name another one" % peer_netns)
         default_route = raw.get("default_route")
         uplink = Uplink(
             host_interface=host_interface,
@@ -199,6 +212,7 @@ def validate(params):
             host_addresses=host_addresses,
             addresses=addresses,
             default_route=True if default_route is None else bool(default_route),
+            peer_netns=peer_netns,
         )
 
     nameservers = params.get("nameservers")
@@ -719,7 +733,7 @@ def _plan_uplink(desired, current):
         else:
             why = "its peer is in a namespace that has no name any more (deleted while still in use?)"
         warnings.append("%s: %s; the veth pair is recreated" % (label_host, why))
-        steps.append(command("ip", "link", "delete", "dev", uplink.host_interface))
+        steps.append(command(*(uplink.host_ip + ["link", "delete", "dev", uplink.host_interface])))
     if inner is not None and not paired:
         # A veth whose peer is in the host namespace (the old uplink under another host name) is replaced;
         # one that leads to another namespace is not ours to cut.
@@ -740,7 +754,8 @@ def _plan_uplink(desired, current):
         steps.append(command(*(ipn + ["link", "delete", "dev", uplink.interface])))
     if not paired:
         steps.append(
-            command("ip", "link", "add", "name", uplink.host_interface, "type", "veth", "peer", "name", uplink.interface, "netns", name)
+            command(*(uplink.host_ip + ["link", "add", "name", uplink.host_interface, "type", "veth", "peer", "name",
+                                        uplink.interface, "netns", name]))
         )
 
     # Addresses, as they are now (a recreated pair starts with none).
@@ -748,11 +763,11 @@ def _plan_uplink(desired, current):
     inner_now = _visible(inner.addresses, uplink.addresses) if inner else []
     host_start = host_now if paired else []
     inner_start = inner_now if paired else []
-    host_addr_steps, _host_deleted = _address_steps(["ip"], uplink.host_interface, host_start, uplink.host_addresses)
+    host_addr_steps, _host_deleted = _address_steps(uplink.host_ip, uplink.host_interface, host_start, uplink.host_addresses)
     inner_addr_steps, inner_deleted = _address_steps(ipn, uplink.interface, inner_start, uplink.addresses)
     addr_steps = list(host_addr_steps)
     if not paired or not host.up:
-        addr_steps.append(command("ip", "link", "set", "dev", uplink.host_interface, "up"))
+        addr_steps.append(command(*(uplink.host_ip + ["link", "set", "dev", uplink.host_interface, "up"])))
     addr_steps.extend(inner_addr_steps)
     inner_was_up = paired and inner.up
     if not inner_was_up:
@@ -840,8 +855,9 @@ def _plan_absent(desired, current):
         else:
             # Its peer is in the host namespace or in a namespace that lost its name: a leftover of this one.
             host_ends.append(uplink.host_interface)
+    host_ip = uplink.host_ip if uplink is not None else ["ip"]
     for host_end in host_ends:
-        steps.append(command("ip", "link", "delete", "dev", host_end))
+        steps.append(command(*(host_ip + ["link", "delete", "dev", host_end])))
     if current.exists or current.stale_file:
         steps.append(command("ip", "netns", "delete", name))
     etc_dir = os.path.join(ETC_NETNS_DIR, name)

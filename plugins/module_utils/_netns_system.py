@@ -109,16 +109,19 @@ class NetnsSystem:
         current.exists = listed and _nsenter.is_mounted(name)
         current.stale_file = listed and not current.exists
         uplink = desired.uplink
+        host_ip = uplink.host_ip if uplink is not None else ["ip"]
+        if uplink is not None and uplink.peer_netns is not None and not _nsenter.is_mounted(uplink.peer_netns):
+            raise state.StateError("uplink.peer_netns=%r: no such network namespace (create it first)" % uplink.peer_netns)
         if uplink is not None:
-            found = self.run(["ip", "-json", "-d", "addr", "show", "dev", uplink.host_interface], missing_ok=True)
+            found = self.run(host_ip + ["-json", "-d", "addr", "show", "dev", uplink.host_interface], missing_ok=True)
             links = state.parse_links(found) if found is not None else []
             current.host_link = links[0] if links else None
         if current.exists:
             current.links = state.parse_links(self.run(["ip", "-n", name, "-json", "-d", "addr", "show"]))
         if uplink is not None or desired.state == "absent":
-            current.host_veths = state.parse_links(self.run(["ip", "-json", "-d", "link", "show", "type", "veth"]))
+            current.host_veths = state.parse_links(self.run(host_ip + ["-json", "-d", "link", "show", "type", "veth"]))
             # After the link dumps: the kernel numbers a peer namespace when it first reports a link to it.
-            current.nsids = state.parse_netns_ids(self.run(["ip", "-json", "netns", "list"]))
+            current.nsids = state.parse_netns_ids(self.run(host_ip + ["-json", "netns", "list"]))
         if current.exists and uplink is not None and desired.state == "present":
             for family in (4, 6):
                 out = self.run(["ip", "-n", name, "-json", "-%d" % family, "route", "show", "table", "main", "default"])

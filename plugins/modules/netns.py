@@ -124,6 +124,14 @@ options:
           - V(false) removes default routes through O(uplink.interface).
         type: bool
         default: true
+      peer_netns:
+        description:
+          - Put the other end of the veth pair (O(uplink.host_interface), with O(uplink.host_addresses)) in this
+            named network namespace instead of the host namespace, to wire two namespaces together, for example a
+            workload and a peer that stands for the rest of the network. It must exist already.
+          - When not set, that end is in the host namespace.
+        type: str
+        version_added: 0.1.0
   nameservers:
     description:
       - Nameserver addresses written to C(/etc/netns/NAME/resolv.conf). The module owns that whole file
@@ -197,6 +205,15 @@ EXAMPLES = r"""
   check_mode: true
   diff: true
   register: app_preview
+
+- name: Wire a workload namespace to a peer namespace rather than to the host
+  meshops.sidecar.netns:
+    name: app
+    uplink:
+      host_interface: app-peer
+      peer_netns: peer
+      host_addresses: [198.18.0.1/30]
+      addresses: [198.18.0.2/30]
 
 - name: Remove the namespace, its veth and /etc/netns/app
   meshops.sidecar.netns:
@@ -346,6 +363,7 @@ def main():
                     host_addresses=dict(type="list", elements="str", default=[]),
                     addresses=dict(type="list", elements="str", default=[]),
                     default_route=dict(type="bool", default=True),
+                    peer_netns=dict(type="str"),
                 ),
             ),
             nameservers=dict(type="list", elements="str"),

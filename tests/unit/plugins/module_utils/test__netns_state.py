@@ -544,3 +544,32 @@ class TestPlanAbsent:
 def test_step_description_quotes_odd_arguments():
     assert st.command("ip", "netns", "add", "my ns").describe() == "ip netns add 'my ns'"
     assert st.command("ip", "netns", "add", "it's").describe() == "ip netns add 'it'\"'\"'s'"
+
+
+class TestPeerNamespace:
+    """uplink.peer_netns: the other end of the pair lives in a named namespace, not in the host's."""
+
+    def test_every_command_for_that_end_runs_in_the_peer_namespace(self):
+        result = make_plan(st.Current(), uplink=uplink(peer_netns="peer"))
+        assert commands(result)[2:6] == [
+            "ip -n peer link add name veth-app type veth peer name eth0 netns app",
+            "ip -n peer addr replace 198.18.0.9/30 dev veth-app",
+            "ip -n peer addr replace 2001:db8:9::1/64 dev veth-app nodad",
+            "ip -n peer link set dev veth-app up",
+        ]
+        assert not any(c.startswith("ip link") or c.startswith("ip addr") for c in commands(result))
+
+    def test_absent_removes_the_peer_end_in_the_peer_namespace(self):
+        current = configured()
+        current.host_veths = []
+        result = make_plan(current, state="absent", uplink=uplink(peer_netns="peer"))
+        assert "ip -n peer link delete dev veth-app" in commands(result)
+
+    @pytest.mark.parametrize("value,message", [
+        ("app", "uplink.peer_netns='app' is the namespace itself"),
+        ("a/b", "uplink.peer_netns='a/b'"),
+    ])
+    def test_bad_peer_names(self, value, message):
+        with pytest.raises(st.ValidationError) as caught:
+            st.validate(params(uplink=uplink(peer_netns=value)))
+        assert message in str(caught.value)

@@ -145,20 +145,26 @@ def child_times():
     return total
 
 
+def _cpu():
+    """CPU seconds of this process and of its children (python-iptables workers, iptables, ip) so far."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 def measure(netns, backend, count):
     PHASES.clear()
     for path in glob.glob(os.path.join(CHILD_DIR, "*")):
         os.unlink(path)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _cpu()
     result, warnings = execute(netns, backend, count)
-    total = time.perf_counter() - start
+    total, cpu = time.perf_counter() - start, _cpu() - cpu_start
     phases = dict(PHASES)
     if "legacy children (whole)" in phases:
         work = child_times()
         if work:
             phases["legacy children: python-iptables work"] = work
             phases["legacy children: fork, import iptc, IPC"] = phases["legacy children (whole)"] - work
-    return {"total": total, "changed": result["changed"], "backend": result["backend"], "phases": phases,
+    return {"total": total, "cpu": cpu, "changed": result["changed"], "backend": result["backend"], "phases": phases,
             "warnings": warnings}
 
 
@@ -213,8 +219,9 @@ def main():
         expected = label == "apply"
         if summary[label]["changed"] != expected:
             raise SystemExit("%s: changed=%s, expected %s" % (label, summary[label]["changed"], expected))
-        print("%s %s, %d CIDRs: %.3f s; phases (inclusive): %s" % (
+        print("%s %s, %d CIDRs: %.3f s (CPU %.3f s); phases (inclusive): %s" % (
             args.backend, "first apply" if expected else "no-op re-run", args.cidrs, summary[label]["total"],
+            summary[label]["cpu"],
             ", ".join("%s %.3f" % kv for kv in sorted(summary[label]["phases"].items(), key=lambda kv: -kv[1]))))
     if args.profile_netns:
         wrap_children(profile=True)

@@ -29,6 +29,13 @@ _FIELDS = {"-s": "-s", "--source": "-s", "-d": "-d", "--destination": "-d", "-i"
 # iptables-save prints the address, interface and protocol fields in this order.
 _FIELD_ORDER = ("-s", "-d", "-i", "-o", "-p")
 _COUNTERS = re.compile(r"^\[\d+:\d+\]\s+")
+# Text shlex.split() splits exactly as str.split(): no quotes, no backslashes, and only the
+# whitespace shlex knows (written so that a failed match cannot backtrack badly). Rule text
+# mostly is; shlex costs ~0.1 ms per rule.
+_PLAIN_WORDS = re.compile(r"[ \t\r\n]*[^'\"\\\s]*(?:[ \t\r\n]+[^'\"\\\s]+)*[ \t\r\n]*")
+# An IPv4 host address in canonical notation ("198.18.0.1/32"): its own canonical form.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4_HOST = re.compile(r"(?:%s\.){3}%s/32" % (_OCTET, _OCTET))
 _CT_STATES = ("INVALID", "NEW", "RELATED", "ESTABLISHED", "UNTRACKED", "SNAT", "DNAT")
 
 
@@ -54,7 +61,10 @@ class ParsedRule:
 
 def parse_rule(args):
     """Parse rule arguments (Istio's input form or iptables-save's form) into a ``ParsedRule``."""
-    tokens = shlex.split(args) if isinstance(args, str) else list(args)
+    if isinstance(args, str):
+        tokens = args.split() if _PLAIN_WORDS.fullmatch(args) else shlex.split(args)
+    else:
+        tokens = list(args)
     rule = ParsedRule()
     current = None  # options of the match or target being read
     negate = False
@@ -108,6 +118,8 @@ def _implicit_protocol_match(rule, option):
 
 
 def _address(value, family):
+    if family == "ipv4" and _IPV4_HOST.fullmatch(value):
+        return value  # what ipaddress gives, without its ~30 us (thousands of /32 exclusions)
     network = ipaddress.ip_network(value, strict=False)
     if (network.version == 4) != (family == "ipv4"):
         raise ValueError("address %s is not %s" % (value, family))

@@ -36,28 +36,28 @@ help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 bootstrap: ## install everything on a fresh machine: apt packages (root), .venv, collections
-	$(UTILS)/bootstrap.sh apt venv collections
+	bash $(UTILS)/bootstrap.sh apt venv collections
 
 venv: ## create/update .venv from tests/requirements.txt (+ lock)
-	$(UTILS)/bootstrap.sh venv
+	bash $(UTILS)/bootstrap.sh venv
 
 deps: ## .venv plus third-party collections (containers.podman, ...) in .cache/deps
-	$(UTILS)/bootstrap.sh venv collections
+	bash $(UTILS)/bootstrap.sh venv collections
 
 images: ## build the molecule base images (skipped when their recipe is unchanged)
-	$(UTILS)/build-images.sh
+	bash $(UTILS)/build-images.sh
 
 test: deps ## every gate (lint sanity unit integration molecule docs), summary table at the end
-	$(RUN_GATES)
+	bash $(RUN_GATES)
 
 lint: deps ## ansible-lint, production profile
-	$(RUN_GATES) lint $(gate_args)
+	bash $(RUN_GATES) lint $(gate_args)
 
 sanity: deps ## ansible-test sanity from a real ansible_collections/ copy (no ignore files)
-	$(RUN_GATES) sanity $(gate_args)
+	bash $(RUN_GATES) sanity $(gate_args)
 
 unit: deps ## ansible-test units
-	$(RUN_GATES) unit $(gate_args)
+	bash $(RUN_GATES) unit $(gate_args)
 
 pytest: deps ## quick unit run: plain pytest on tests/unit with the ansible_collections layout
 	@mkdir -p $(CACHE)/pytest/ansible_collections/$(NAMESPACE)
@@ -65,24 +65,24 @@ pytest: deps ## quick unit run: plain pytest on tests/unit with the ansible_coll
 	PYTHONPATH=$(CACHE)/pytest pytest -n auto -p no:cacheprovider tests/unit $(ARGS)
 
 integration: deps ## ansible-test integration (root, destructive: real namespaces, both backends)
-	$(RUN_GATES) integration $(gate_args)
+	bash $(RUN_GATES) integration $(gate_args)
 
 molecule: deps ## molecule test of every scenario in podman (builds the images if needed)
-	$(RUN_GATES) molecule $(gate_args)
+	bash $(RUN_GATES) molecule $(gate_args)
 
 docs: deps ## ansible-doc, antsibull-docs/-changelog lint, collection build + install check
-	$(RUN_GATES) docs $(gate_args)
+	bash $(RUN_GATES) docs $(gate_args)
 
 build: deps ## build the collection tarball into .cache/build
-	$(UTILS)/build-collection.sh
+	bash $(UTILS)/build-collection.sh
 
 install: deps ## build and install the collection into .cache/install
-	$(UTILS)/build-collection.sh --install $(INSTALL_DIR)
+	bash $(UTILS)/build-collection.sh --install $(INSTALL_DIR)
 
 demo: ## fresh machine (root): install what is needed, build + install, run the demo playbook
-	$(UTILS)/bootstrap.sh apt venv collections
-	$(UTILS)/build-collection.sh --install $(INSTALL_DIR)
-	$(DEMO_ENV) ansible-playbook $(COLLECTION).demo $(ARGS)
+	bash $(UTILS)/bootstrap.sh apt venv collections
+	bash $(UTILS)/build-collection.sh --install $(INSTALL_DIR)
+	$(DEMO_ENV) $(UTILS)/demo.sh $(COLLECTION) $(ARGS)
 
 demo-clean: ## undo the demo (demo_state=absent)
 	$(DEMO_ENV) ansible-playbook $(COLLECTION).demo -e demo_state=absent $(ARGS)
@@ -95,7 +95,7 @@ bench: deps ## run tests/bench/run.sh (not part of make test)
 	fi
 
 lock: ## regenerate tests/requirements-lock.txt from tests/requirements.txt (needs PyPI)
-	$(UTILS)/lock-requirements.sh
+	bash $(UTILS)/lock-requirements.sh
 
 clean: ## remove build and test output (keeps .venv, images, caches of ansible-test venvs)
 	rm -rf $(CACHE)/ansible-test $(CACHE)/build $(CACHE)/install $(CACHE)/logs $(CACHE)/pytest \

@@ -4,6 +4,7 @@
 set -u
 collection=$1
 shift
+# shellcheck disable=SC2317 # reached through the trap below
 cleanup() {
     trap - INT TERM
     kill -INT "$pid" 2>/dev/null

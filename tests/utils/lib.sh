@@ -2,8 +2,8 @@
 # Common settings for the build and quality-gate scripts in tests/utils/.
 # Source it (". tests/utils/lib.sh"); it only defines variables and functions.
 #
-# Everything the gates write lives in the git-ignored .cache/ of the checkout
-# (venv in .venv/), so nothing is written to the invoking user's home.
+# Everything the gates write lives in the git-ignored .cache/ of the checkout (the venv in
+# .venv/): ansible's and the test tools' state included, not the invoking user's home.
 
 MESHOPS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 export MESHOPS_ROOT
@@ -31,8 +31,10 @@ LOG_DIR="$CACHE_DIR/logs"
 TOOL_HOME="$CACHE_DIR/home"
 ANSIBLE_TEST_HOME="$TOOL_HOME"
 
-# Python version the gates run ansible-test with (the venv's interpreter).
-TEST_PYTHON_VERSION="${TEST_PYTHON_VERSION:-3.11}"
+# Python version the gates run ansible-test with: the venv's.
+if [ -z "${TEST_PYTHON_VERSION:-}" ]; then
+    TEST_PYTHON_VERSION="$("$VENV_DIR/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo 3.11)"
+fi
 
 export PATH="$VENV_DIR/bin:$PATH"
 # ansible's own state (tmp, galaxy cache, default collections dir) stays in .cache too.

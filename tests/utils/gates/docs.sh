@@ -82,7 +82,7 @@ else
 fi
 
 log "ansible-galaxy collection build + install"
-if ! tarball="$("$MESHOPS_ROOT/tests/utils/build-collection.sh")"; then
+if ! tarball="$(bash "$MESHOPS_ROOT/tests/utils/build-collection.sh")"; then
     fail "ansible-galaxy collection build"
 else
     clutter="$(tar -tzf "$tarball" | grep -E '(^|/)(\.venv|\.cache|\.ansible|\.git|\.ci|__pycache__|\.pytest_cache)(/|$)|^tests/output/|\.pyc$|\.tar\.gz$' || true)"

@@ -25,8 +25,8 @@ done
 [ $# -eq 0 ] || scenarios=("$@")
 
 [ -d "$DEPS_COLLECTIONS_DIR/ansible_collections/containers/podman" ] \
-    || "$MESHOPS_ROOT/tests/utils/bootstrap.sh" collections
-"$MESHOPS_ROOT/tests/utils/build-images.sh"
+    || bash "$MESHOPS_ROOT/tests/utils/bootstrap.sh" collections
+bash "$MESHOPS_ROOT/tests/utils/build-images.sh"
 
 # Scenario instances have fixed names: one molecule run per machine at a time.
 exec 9>/var/lock/meshops-molecule.lock

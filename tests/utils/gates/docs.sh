@@ -10,8 +10,8 @@
 #  3. antsibull-changelog lint (changelogs/config.yaml and every fragment).
 #  4. ansible-galaxy collection build of the collection (exactly the git-visible files); the
 #     tarball must not carry build clutter; it installs into a fresh directory, ansible-doc
-#     renders every module and role from the installed copy, and every playbook passes
-#     --syntax-check by its FQCN.
+#     renders every module and role from the installed copy, the netns module runs from it
+#     (check mode, nothing to change) and every playbook passes --syntax-check by its FQCN.
 set -euo pipefail
 # shellcheck source=tests/utils/lib.sh
 . "$(dirname "$0")/../lib.sh"
@@ -92,6 +92,19 @@ else
     if ANSIBLE_COLLECTIONS_PATH="$installed" \
         ansible-galaxy collection install --offline --no-deps -p "$installed" "$tarball"; then
         doc_everything "$installed:$DEPS_COLLECTIONS_DIR"
+        # The installed modules run: netns in check mode, for a name that does not exist, must
+        # load with its module_utils, change nothing and report no change.
+        if [ -f plugins/modules/netns.py ]; then
+            if out="$(ANSIBLE_COLLECTIONS_PATH="$installed:$DEPS_COLLECTIONS_DIR" ANSIBLE_LOCALHOST_WARNING=false \
+                    ANSIBLE_INVENTORY_UNPARSED_WARNING=false ansible localhost --check \
+                    -m "$COLLECTION_FQCN.netns" -a "name=meshops-smoke-$$ state=absent" 2>&1)" \
+                && grep -q '"changed": false' <<<"$out"; then
+                printf 'ok: %s.netns runs from the installed tarball\n' "$COLLECTION_FQCN"
+            else
+                printf '%s\n' "$out" >&2
+                fail "$COLLECTION_FQCN.netns from the installed tarball"
+            fi
+        fi
         shopt -s nullglob
         for file in playbooks/*.yml playbooks/*.yaml; do
             name="$(basename "${file%.*}")"

@@ -72,18 +72,20 @@ def _panel(out, x0, title, sizes, values, unit, target=None):
             out.append('<circle cx="%.1f" cy="%.1f" r="3" fill="%s"/>' % (px(i), py(y), colour))
 
 
-def write_svg(path, sizes, table):
+def write_svg(path, sizes, table, backends=("nft", "legacy")):
     """``table["nft 1000"]["apply"]`` etc. as produced by bench.scaling_table."""
-    seconds = {i: [table["%s %d" % (s[0], n)][s[1]] for n in sizes] for i, s in enumerate(SERIES)}
-    ratios = {i: [table["%s %d" % (s[0], n)][s[1] + " ratio"] for n in sizes] for i, s in enumerate(SERIES)}
+    shown = [i for i, s in enumerate(SERIES) if s[0] in backends]
+    seconds = {i: [table["%s %d" % (SERIES[i][0], n)][SERIES[i][1]] for n in sizes] for i in shown}
+    ratios = {i: [table["%s %d" % (SERIES[i][0], n)][SERIES[i][1] + " ratio"] for n in sizes] for i in shown}
     out = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" '
            'font-family="sans-serif">' % (WIDTH, HEIGHT, WIDTH, HEIGHT),
            '<rect width="100%" height="100%" fill="white"/>']
     _panel(out, LEFT, "Task cost, net of ansible-playbook start-up", sizes, seconds, "seconds (median)")
     _panel(out, LEFT + PANEL_W + 110, "Cost relative to 0 CIDRs", sizes, ratios, "x cost with 0 CIDRs", target=2)
     legend_y = HEIGHT - 22
-    for i, (_, _, label, colour, dashed) in enumerate(SERIES):
-        x = LEFT + i * 200
+    for slot, i in enumerate(shown):
+        _, _, label, colour, dashed = SERIES[i]
+        x = LEFT + slot * 200
         out.append('<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="%s" stroke-width="2"%s/>'
                    % (x, legend_y, x + 30, legend_y, colour, ' stroke-dasharray="5,3"' if dashed else ""))
         out.append('<text x="%d" y="%d" font-size="12">%s</text>' % (x + 36, legend_y + 4, escape(label)))

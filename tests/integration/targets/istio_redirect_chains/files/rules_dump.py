@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # -*- coding: utf-8 -*-
 # Copyright (c) meshops.sidecar contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
@@ -53,7 +52,7 @@ def parse_save(text):
         elif line.startswith(":"):
             table.setdefault(line[1:].split()[0], [])
         elif line.startswith("-A "):
-            _, chain, *rest = line.split(" ", 2)
+            dummy, chain, *rest = line.split(" ", 2)
             table.setdefault(chain, []).append(rest[0] if rest else "")
         else:
             sys.exit("unexpected iptables-save line: %r" % line)

@@ -330,7 +330,7 @@ def _apply_ops(handle, family, ops, current):
     # Rules are deleted by number: a rule object read back from libiptc does not always
     # delete by content. Deletes only touch built-in chains, which are never flushed here.
     numbered = {chain: [args for args, dummy in rules] for chain, rules in current.items()}
-    build = _RuleBuilder(family).build
+    entry = _RuleBuilder(family).entry
     for op in ops:
         if op.kind == "declare":
             if handle.is_chain(op.chain):
@@ -349,9 +349,9 @@ def _apply_ops(handle, family, ops, current):
         elif op.kind == "delete_chain":
             handle.delete_chain(op.chain)
         elif op.kind == "append":
-            iptc.Chain(handle, op.chain).append_rule(build(op.args))
+            handle.append_entry(op.chain, entry(op.args))  # what Chain.append_rule does with the rule
         elif op.kind == "insert":
-            iptc.Chain(handle, op.chain).insert_rule(build(op.args), op.position - 1)
+            handle.insert_entry(op.chain, entry(op.args), op.position - 1)
 
 
 class _RuleBuilder:
@@ -361,6 +361,10 @@ class _RuleBuilder:
     of exclusions differ only in ``-d``. A rule without matches or target options whose other
     fields equal an earlier one's gets that Rule with its addresses set anew: libiptc copies
     the rule when it is appended or inserted, so the object may be changed afterwards.
+
+    ``entry`` gives the buffer ``Chain.append_rule`` / ``insert_rule`` would hand to libiptc:
+    the rule's ``final_check()``, then ``rule.rule``. For a reused Rule the check is done once:
+    a target without parameters comes out of it as it went in, and addresses are not checked.
     """
 
     _ADDRESSES = {"-s": "src", "-d": "dst"}
@@ -369,21 +373,24 @@ class _RuleBuilder:
         self.family = family
         self.shapes = {}
 
-    def build(self, args):
+    def entry(self, args):
         parsed = parse_rule(args)
         if parsed.matches or parsed.target_options:
-            return _build_rule(args, self.family)
+            rule = _build_rule(args, self.family)
+            rule.final_check()
+            return rule.rule
         shape = (parsed.target, tuple(sorted((flag, negated, None if flag in self._ADDRESSES else value)
                                              for flag, (negated, value) in parsed.fields.items())))
         rule = self.shapes.get(shape)
         if rule is None:
             rule = self.shapes[shape] = _build_rule(args, self.family)
-            return rule
+            rule.final_check()
+            return rule.rule
         for flag, attr in self._ADDRESSES.items():
             if flag in parsed.fields:
                 negated, value = parsed.fields[flag]
                 setattr(rule, attr, ("!" if negated else "") + value)
-        return rule
+        return rule.rule
 
 
 def _build_rule(args, family):

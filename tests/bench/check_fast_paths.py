@@ -10,9 +10,9 @@ Then, in python-iptables workers as the module uses them:
 
 * read: ``_render_entry`` (bare Rule for simple entries) against ``_render_rule`` of the Rules
   python-iptables builds, entry by entry;
-* build: ``_RuleBuilder`` (one Rule reused for rules that differ only in addresses) against a new
-  ``_build_rule`` for every rule, comparing the rule buffers handed to libiptc, for every rule read
-  back above and a few address variants;
+* build: ``_RuleBuilder.entry`` (one Rule reused, and checked once, for rules that differ only in
+  addresses) against a new ``_build_rule`` with its ``final_check()`` for every rule, comparing the
+  buffers handed to libiptc, for every rule read back above and a few address variants;
 
 and prints one line per check, exiting non-zero on any difference.
 Usage: ``python check_fast_paths.py --netns NS``.
@@ -139,19 +139,21 @@ EXTRA = {
 
 
 def _build_both_ways(family, all_args):
-    """In the worker: the buffer of a new Rule per rule against the one _RuleBuilder hands out."""
+    """In the worker: what Chain.append_rule hands libiptc for a new Rule, against _RuleBuilder.entry."""
     builder = _xtables._RuleBuilder(family)
     differences, errors, fast_time, full_time = [], 0, 0.0, 0.0
     for args in all_args:
         try:
             start = time.perf_counter()
-            full = bytes(_xtables._build_rule(args, family).rule)
+            rule = _xtables._build_rule(args, family)
+            rule.final_check()
+            full = bytes(rule.rule)
             full_time += time.perf_counter() - start
         except Exception:  # pylint: disable=broad-except  # a foreign rule _build_rule cannot express
             errors += 1
             continue
         start = time.perf_counter()
-        fast = bytes(builder.build(args).rule)
+        fast = bytes(builder.entry(args))
         fast_time += time.perf_counter() - start
         if fast != full:
             differences.append(args)

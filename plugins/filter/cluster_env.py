@@ -232,7 +232,7 @@ def _port(value):
 def _port_spec(item):
     """A port or an iptables port range ``FIRST:LAST`` (Istio passes ports to iptables verbatim)."""
     if ":" in item:
-        first, _, last = item.partition(":")
+        first, last = item.split(":", 1)
         try:
             low, high = _port(first), _port(last)
         except _Invalid:

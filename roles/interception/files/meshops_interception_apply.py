@@ -1,11 +1,12 @@
-#!/usr/bin/python3
 # -*- coding: utf-8 -*-
 # Copyright (c) meshops.sidecar contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 """meshops-interception-apply: re-apply the capture rules the meshops.sidecar.interception role applied.
 
-Installed by the role and run at boot by its systemd unit, on a machine that has no Ansible:
+Installed by the role (with a shebang naming the target's Python 3) as
+/usr/local/sbin/meshops-interception-apply, and run at boot by its systemd unit, on a machine
+that has no Ansible:
 
     meshops-interception-apply [--check] INSTANCE_DIR
 
@@ -81,7 +82,7 @@ def log(message):
 
 
 def run(argv, check=True, stdin=None):
-    proc = subprocess.run(argv, input=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.run(argv, input=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False,
                           universal_newlines=True, env=dict(os.environ, LC_ALL="C", LANGUAGE="C"))
     if check and proc.returncode != 0:
         raise ApplyError("%s failed (rc=%d): %s" % (" ".join(shlex.quote(a) for a in argv), proc.returncode,
@@ -123,7 +124,7 @@ def parse_save(text):
             current["declared"].append(name)
             current["chains"].setdefault(name, [])
         elif line.startswith("-A "):
-            _, chain, rest = (line + " ").split(" ", 2)
+            chain, rest = (line + " ").split(" ", 2)[1:]
             current["chains"].setdefault(chain, []).append(rest.strip())
         else:
             raise ApplyError("cannot parse iptables-save line %r" % raw)
@@ -347,7 +348,7 @@ def ensure_uplink(ip, name, uplink, check):
 
 
 def _normal(cidr):
-    address, _, length = cidr.partition("/")
+    address, length = (cidr.split("/", 1) + [""])[:2]
     if ":" in address:
         address = str(ipaddress.ip_address(address))
     return "%s/%s" % (address, length or ("128" if ":" in address else "32"))
@@ -393,7 +394,7 @@ def _rule_matches(rule, mark, table):
     if fwmark is None:
         return False
     try:
-        value = int(str(fwmark).split("/")[0], 0)
+        value = int(str(fwmark).split("/", maxsplit=1)[0], 0)
     except ValueError:
         return False
     return value == mark and str(rule.get("table")) == str(table)

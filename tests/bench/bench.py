@@ -192,7 +192,7 @@ class Runner:
             timer.start()
             try:
                 # wait4: the CPU time of the whole tree (ansible's workers, the module, iptables).
-                _, status, usage = os.wait4(proc.pid, 0)
+                dummy, status, usage = os.wait4(proc.pid, 0)
             finally:
                 timer.cancel()
             wall = time.perf_counter() - start
@@ -334,7 +334,7 @@ def part_compare(args, nss, runner, samples, budget, flavour, report):
             if rep == 0:
                 report.setdefault("rules", {})[variant] = istio_lines(netns, flavour)
             nss.delete(netns)
-        wall, cpu, _, _ = runner.play(idle, "empty")  # a second baseline of the repetition, for the pairing
+        wall, cpu, dummy, dummy = runner.play(idle, "empty")  # a second baseline of the repetition, for the pairing
         samples.add("empty", wall, cpu, rep)
         rep += 1
         log("   repetition %d: %.0f s" % (rep, time.monotonic() - started))
@@ -363,7 +363,7 @@ def part_scaling(args, nss, runner, samples, budget, report):
     rep = 0
     while rep < args.reps:
         started = time.monotonic()
-        wall, cpu, _, _ = runner.play(idle, "empty")
+        wall, cpu, dummy, dummy = runner.play(idle, "empty")
         samples.add("empty", wall, cpu, rep)
         backends = list(args.backends) if rep % 2 == 0 else list(reversed(args.backends))
         for backend in backends:
@@ -392,7 +392,7 @@ def part_scaling(args, nss, runner, samples, budget, report):
                     expect(changed, wanted, "%s %s" % (book, mode), logpath)
                     samples.add(("nft string", max(args.sizes), mode), wall, cpu, rep)
                 nss.delete(netns)
-        wall, cpu, _, _ = runner.play(idle, "empty")
+        wall, cpu, dummy, dummy = runner.play(idle, "empty")
         samples.add("empty", wall, cpu, rep)
         rep += 1
         log("   repetition %d: %.0f s" % (rep, time.monotonic() - started))
@@ -412,7 +412,7 @@ def part_phases(args, nss, runner, report):
         netns = nss.create()
         if book != "noop":  # the no-op re-run is what is split
             runner.play(netns, book)
-        _, _, _, logpath = runner.play(netns, book, env={"ANSIBLE_DEBUG": "1"})
+        logpath = runner.play(netns, book, env={"ANSIBLE_DEBUG": "1"})[3]
         nss.delete(netns)
         split[book] = debug_split(logpath)
         log("   %-20s %s" % (book, ", ".join("%s %.2f s" % item for item in split[book].items())))
@@ -542,8 +542,8 @@ def write_report(args, compare, scaling, report, outdir, flavour):
         lines.append("| playbook | payload build (controller) | module process (target) | rest of the task |")
         lines.append("|---|---:|---:|---:|")
         for book, split in report["task_split"].items():
-            lines.append("| %s | %s | %s | %s |" % (book, fmt(split["payload build"]), fmt(split["module process"]),
-                                                     fmt(split["rest of the task"])))
+            cells = (book, fmt(split["payload build"]), fmt(split["module process"]), fmt(split["rest of the task"]))
+            lines.append("| %s | %s | %s | %s |" % cells)
         lines.append("")
     if "fast_path_checks" in report:
         lines += ["Fast-path checks (check_fast_paths.py):", ""] + ["- " + line for line in report["fast_path_checks"]]
@@ -555,8 +555,8 @@ def write_report(args, compare, scaling, report, outdir, flavour):
         lines.append("|---|---:|---:|---|")
         for backend, prof in report["profile"].items():
             top = sorted(prof["noop"]["phases"].items(), key=lambda kv: -kv[1])[:4]
-            lines.append("| %s | %s | %s | %s |" % (backend, fmt(prof["apply"]["total"]), fmt(prof["noop"]["total"]),
-                                                     ", ".join("%s %s" % (k, fmt(v)) for k, v in top)))
+            phases = ", ".join("%s %s" % (k, fmt(v)) for k, v in top)
+            lines.append("| %s | %s | %s | %s |" % (backend, fmt(prof["apply"]["total"]), fmt(prof["noop"]["total"]), phases))
         lines.append("")
     text = "\n".join(lines) + "\n"
     with open(os.path.join(outdir, "results.md"), "w") as handle:
@@ -582,7 +582,7 @@ def compare_table(samples, report, flavour):
     lines.append("")
     targets = report.setdefault("targets", {})
     for cpu in (False, True):
-        net = {key: samples.net(key, "empty", cpu=cpu) for _, key, _ in rows[1:]}
+        net = {row[1]: samples.net(row[1], "empty", cpu=cpu) for row in rows[1:]}
         tag = "cpu" if cpu else "wall"
         targets[tag + " builtin/module apply"] = ratio(net["builtin_apply"], net["module_apply"])
         targets[tag + " builtin/module re-run"] = ratio(net["builtin_rerun"], net["module_rerun"])
@@ -655,7 +655,7 @@ def scaling_table(args, samples, report):
 # --- main ---------------------------------------------------------------------------------------
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--reps", type=int, default=5, help="repetitions per measurement (median); default 5")
     parser.add_argument("--min-reps", type=int, default=3, help="never fewer, even over the time budget")
     parser.add_argument("--sizes", default="0,100,1000,10000", help="excluded CIDR counts, comma-separated")
@@ -686,7 +686,7 @@ def main(argv):
     os.makedirs(os.path.join(outdir, "logs"), exist_ok=True)
     scratch = tempfile.mkdtemp(prefix="meshops-bench-")
     # SIGTERM ends the run through the finally below, which removes the namespaces.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGTERM, lambda *args: sys.exit(143))
     started = time.monotonic()
     report = {"machine": machine(), "args": {k: sorted(v) if isinstance(v, set) else v
                                              for k, v in vars(args).items()}}

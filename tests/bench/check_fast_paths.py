@@ -162,7 +162,7 @@ def _build_both_ways(family, all_args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--netns", required=True, help="a fresh namespace of the caller's")
     args = parser.parse_args()
     _nsenter.enter(args.netns)
@@ -170,7 +170,7 @@ def main():
     for family in ("ipv4", "ipv6"):
         load(family)
         result = _xtables._in_child(_read_both_ways, family)
-        rules = sum(len(fast) for _, _, fast, _ in result["chains"])
+        rules = sum(len(chain[2]) for chain in result["chains"])
         bad = [(table, chain, a, b) for table, chain, fast, full in result["chains"]
                for a, b in zip(fast, full) if a != b]
         bad += [(table, chain, len(fast), len(full)) for table, chain, fast, full in result["chains"]
@@ -180,7 +180,7 @@ def main():
         for item in bad[:20]:
             print("   DIFFERENT %s %s: %r != %r" % item)
         failed = failed or bool(bad)
-        all_args = [args for _, _, _, full in result["chains"] for args in full] + EXTRA[family]
+        all_args = [args for chain in result["chains"] for args in chain[3]] + EXTRA[family]
         built = _xtables._in_child(_build_both_ways, family, all_args)
         print("check: legacy rule builder reuse == a new Rule per rule, %s: %d rules (%d address-only shapes; %d "
               "rules not buildable, skipped), %d differences (%.2f s against %.2f s)"

@@ -64,7 +64,7 @@ def _panel(out, x0, title, sizes, values, unit, target=None):
         out.append('<text x="%d" y="%.1f" font-size="11" fill="#2ca02c" text-anchor="end">target %gx</text>'
                    % (x0 + PANEL_W - 4, py(target) - 4, target))
     for index, ys in values.items():
-        _, _, _, colour, dashed = SERIES[index]
+        colour, dashed = SERIES[index][3:]
         points = " ".join("%.1f,%.1f" % (px(i), py(y)) for i, y in enumerate(ys))
         out.append('<polyline points="%s" fill="none" stroke="%s" stroke-width="2"%s/>'
                    % (points, colour, ' stroke-dasharray="5,3"' if dashed else ""))
@@ -84,7 +84,7 @@ def write_svg(path, sizes, table, backends=("nft", "legacy")):
     _panel(out, LEFT + PANEL_W + 110, "Cost relative to 0 CIDRs", sizes, ratios, "x cost with 0 CIDRs", target=2)
     legend_y = HEIGHT - 22
     for slot, i in enumerate(shown):
-        _, _, label, colour, dashed = SERIES[i]
+        label, colour, dashed = SERIES[i][2:]
         x = LEFT + slot * 200
         out.append('<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="%s" stroke-width="2"%s/>'
                    % (x, legend_y, x + 30, legend_y, colour, ' stroke-dasharray="5,3"' if dashed else ""))

@@ -201,7 +201,7 @@ def profiled(netns, backend, count, label, limit):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--backend", choices=("nft", "legacy"), required=True)
     parser.add_argument("--cidrs", type=int, default=10000)
     parser.add_argument("--netns", required=True, help="fresh namespace for the timed runs")

@@ -51,8 +51,8 @@ def test_other_addresses_as_before(value):
 
 def test_random_ipv4_hosts():
     rand = random.Random(7)
-    for _ in range(2000):
-        value = "%d.%d.%d.%d/32" % tuple(rand.randrange(256) for _ in range(4))
+    for dummy in range(2000):
+        value = "%d.%d.%d.%d/32" % tuple(rand.randrange(256) for octet in range(4))
         assert _address(value, "ipv4") == reference_address(value, "ipv4")
         assert _address(value, "ipv4") == value
 
@@ -82,8 +82,8 @@ def _split(text):
 def test_random_words_split_as_shlex_does():
     rand = random.Random(11)
     alphabet = "ab -/.:!'\"\\\t\r\n\x0b\u00a0"
-    for _ in range(3000):
-        text = "".join(rand.choice(alphabet) for _ in range(rand.randrange(12)))
+    for dummy in range(3000):
+        text = "".join(rand.choice(alphabet) for position in range(rand.randrange(12)))
         try:
             expected = shlex.split(text)
         except ValueError:

@@ -18,7 +18,7 @@ import grp
 import os
 import pwd
 
-from ansible_collections.meshops.sidecar.plugins.module_utils import _nsenter
+from ansible_collections.meshops.sidecar.plugins.module_utils import _nsenter, _ownership_record
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture_options import (
     OptionError,
     build_options,
@@ -33,6 +33,7 @@ from ansible_collections.meshops.sidecar.plugins.module_utils._reconcile import 
     plan_changes,
     render_state,
     restore_text,
+    unmarked_rules,
 )
 from ansible_collections.meshops.sidecar.plugins.module_utils._routes import (
     RouteManager,
@@ -95,9 +96,13 @@ class CaptureRun:
         self.warn = warn
         self.netns = params.get("netns")
         self.present = params["state"] == "present"
+        self.claims = {}  # family -> built-in chain rules of ours that nothing marks as ours
 
     def execute(self):
         home_inode = _nsenter.inode_of()
+        # Before entering the target: when this very process carries SSH_CONNECTION (root without
+        # become), the session's namespace is the one the process started in.
+        session = ssh_session()
         if self.netns is not None:
             problem = _nsenter.name_error(self.netns)
             if problem:
@@ -122,7 +127,7 @@ class CaptureRun:
             if self.params["capture_dns"] and not opts.redirect_dns:
                 self.warn("capture_dns=true but there are no nameservers to capture (dns_servers is empty and "
                           "resolv.conf lists none): DNS capture is off, as Istio does")
-            self._refuse_capturing_ssh(opts, home_inode)
+            self._refuse_capturing_ssh(opts, session, home_inode)
         families = opts.families if opts else (IPV4,)
 
         nft = NftBackend(self.run, self.which)
@@ -133,17 +138,21 @@ class CaptureRun:
             raise CaptureError(str(exc))
 
         plan = plan_rules(opts) if opts else {}
+        record = _ownership_record.record_path(self.netns, _nsenter.inode_of())
+        recorded = _ownership_record.load(record)
         before, after, changes = {}, {}, {}
         for family in FAMILIES:
             wanted = family in plan
+            desired = desired_state(plan.get(family, []), family)
+            self.claims[family] = recorded.get(family, set()) | unmarked_rules(desired)
             try:
-                current = owned_state(backend.read(family))
+                current = owned_state(backend.read(family), self.claims[family])
             except BackendError as exc:
                 if wanted:
                     raise CaptureError(str(exc))
                 continue  # e.g. no IPv6 in this kernel: nothing of ours can be there
             before[family] = current
-            after[family] = desired_state(plan.get(family, []), family)
+            after[family] = desired
             family_changes = plan_changes(current, after[family])
             if family_changes:
                 changes[family] = family_changes
@@ -190,22 +199,30 @@ class CaptureRun:
                                         passthrough_wanted or (self.present and passthrough_now)),
             },
         }
-        if self.check_mode or not result["changed"]:
-            if self.params["verify"] and self.present and not self.check_mode:
-                result.update(self._verify(opts))
+        if self.check_mode:
             return result
-
-        self._apply(backend, changes, before)
-        try:
-            routes.run_all(route_commands)
-        except RuntimeError as exc:
-            raise CaptureError("the rules were applied, but a route change failed: %s" % exc, **result)
+        if result["changed"]:
+            self._apply(backend, changes, before)
+            try:
+                routes.run_all(route_commands)
+            except RuntimeError as exc:
+                raise CaptureError("the rules were applied, but a route change failed: %s" % exc, **result)
+        self._keep_record(record, recorded, after)
         if self.params["verify"] and self.present:
-            result.update(self._verify(opts))
+            try:
+                result.update(self._verify(opts))
+            except CaptureError as exc:
+                exc.details = dict(result, **exc.details)  # the rules were applied: changed stays true
+                raise
         return result
 
-    def _refuse_capturing_ssh(self, opts, home_inode):
-        session = ssh_session()
+    def _keep_record(self, record, recorded, after):
+        """Remember the built-in chain rules of ours that nothing else marks as ours (see _ownership_record)."""
+        claims = {family: unmarked_rules(state) for family, state in after.items()} if self.present else {}
+        if _ownership_record.dump(claims) != _ownership_record.dump(recorded):
+            _ownership_record.save(record, claims)
+
+    def _refuse_capturing_ssh(self, opts, session, home_inode):
         if session is None:
             return
         port, session_inode = session
@@ -241,7 +258,8 @@ class CaptureRun:
             except BackendError as exc:
                 for done in applied:  # put earlier families back as they were
                     try:
-                        backend.apply(done, plan_changes(owned_state(backend.read(done)), before[done]))
+                        now = owned_state(backend.read(done), self.claims[done])
+                        backend.apply(done, plan_changes(now, before[done]))
                     except BackendError as undo:
                         raise CaptureError("%s; putting %s back failed too: %s" % (exc, _FAMILY_TITLE[done], undo))
                 raise CaptureError("%s: %s" % (_FAMILY_TITLE[family], exc))

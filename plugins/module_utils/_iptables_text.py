@@ -222,31 +222,25 @@ def is_owned_chain(chain):
     return chain.startswith("ISTIO_")
 
 
-# Rules in built-in chains that only Istio's capture writes, whatever options were used
-# (marks, uids, interfaces vary). Written in iptables-save's canonical form.
+# Rules in built-in chains that only Istio's capture writes, whatever options were used: its
+# constant outbound mark 1338 (0x53a) on proxy traffic to the workload, and the DNS conntrack
+# zone of Istio before 1.25. Written in iptables-save's canonical form. Other rules Istio puts in
+# built-in chains (interface RETURNs, TPROXY's connmark rules) are rules anyone may write: those
+# are ours only when _ownership_record lists them.
 _OWNED_BUILTIN_SHAPES = {
-    ("nat", "PREROUTING"): [r"-i \S+ -j RETURN"],
-    ("nat", "OUTPUT"): [r"-o \S+ -j RETURN"],
-    ("mangle", "PREROUTING"): [
-        r"-i \S+ -j RETURN",
-        r"-p tcp -m mark --mark 0x[0-9a-f]+ -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff",
-    ],
     ("mangle", "OUTPUT"): [
-        r"-o \S+ -j RETURN",
-        r"-o lo -p tcp -m mark --mark 0x[0-9a-f]+ -j RETURN",
         r"! -d \S+ -o lo -p tcp -m owner --(uid|gid)-owner \d+ -j MARK --set-xmark 0x53a/0xffffffff",
-        r"-p tcp -m connmark --mark 0x[0-9a-f]+ -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff",
     ],
-    # Istio before 1.25 marked DNS replies directly in raw PREROUTING.
     ("raw", "PREROUTING"): [r"(-s \S+ )?-p udp -m udp --sport 53 -j CT --zone 1"],
 }
 _OWNED_BUILTIN_RE = {key: re.compile("^(?:%s)$" % "|".join(shapes)) for key, shapes in _OWNED_BUILTIN_SHAPES.items()}
 _JUMP_RE = re.compile(r"(^|\s)-(j|g) ISTIO_\S+(\s|$)")
 
 
-def is_owned_rule(table, chain, args):
-    """True for a rule this collection manages: in an ``ISTIO_*`` chain, a jump into one, or an Istio-only shape."""
-    if is_owned_chain(chain) or _JUMP_RE.search(args):
+def is_owned_rule(table, chain, args, claimed=frozenset()):
+    """True for a rule this collection manages: in an ``ISTIO_*`` chain, a jump into one, an Istio-only shape,
+    or one of the ``(table, chain, args)`` in ``claimed`` (see ``_ownership_record``)."""
+    if is_owned_chain(chain) or _JUMP_RE.search(args) or (table, chain, args) in claimed:
         return True
     shape = _OWNED_BUILTIN_RE.get((table, chain))
     return bool(shape and shape.match(args))

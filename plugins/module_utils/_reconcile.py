@@ -7,10 +7,11 @@
 
 """Reconciliation: what the kernel holds of ours, what the plan wants, and the change between them. No I/O.
 
-Ownership is stateless, so ``state: absent`` removes what any earlier options created: every
-``ISTIO_*`` chain, every rule in a built-in chain that jumps into one, and the few Istio-only
-rule shapes in built-in chains (``_iptables_text.is_owned_rule``). Foreign rules are never
-part of a change, and rules of ours are only rewritten where they differ.
+Ownership does not depend on the options, so ``state: absent`` removes what any earlier options
+created: every ``ISTIO_*`` chain, every rule in a built-in chain that jumps into one, the Istio-only
+rule shapes (``_iptables_text.is_owned_rule``), and the other built-in chain rules the module
+placed, as its ``_ownership_record`` lists them. Foreign rules are never part of a change, and
+rules of ours are only rewritten where they differ.
 """
 
 from __future__ import annotations
@@ -40,8 +41,11 @@ class OwnedTable:
         return not self.chains and not any(self.builtin.values())
 
 
-def owned_state(dumps):
-    """``{table: OwnedTable}`` of the rules of ours in parsed ``iptables-save`` output."""
+def owned_state(dumps, claimed=frozenset()):
+    """``{table: OwnedTable}`` of the rules of ours in parsed ``iptables-save`` output.
+
+    ``claimed``: ``(table, chain, args)`` of built-in chain rules that are ours though nothing in them says so.
+    """
     state = {}
     for table in CAPTURE_TABLES:
         dump = dumps.get(table)
@@ -51,7 +55,7 @@ def owned_state(dumps):
                 if is_owned_chain(chain):
                     owned.chains[chain] = list(rules)
                 elif chain in BUILTIN_CHAINS:
-                    ours = [args for args in rules if is_owned_rule(table, chain, args)]
+                    ours = [args for args in rules if is_owned_rule(table, chain, args, claimed)]
                     if ours:
                         owned.builtin[chain] = ours
         state[table] = owned
@@ -82,6 +86,12 @@ def desired_state(rules, family):
         if rule.jump and is_owned_chain(rule.jump):
             owned.chains.setdefault(rule.jump, [])
     return state
+
+
+def unmarked_rules(state):
+    """``(table, chain, args)`` of the built-in chain rules in ``state`` that only a record can say are ours."""
+    return {(table, chain, args) for table, owned in state.items() for chain, rules in owned.builtin.items()
+            for args in rules if not is_owned_rule(table, chain, args)}
 
 
 @dataclass(frozen=True)

@@ -113,9 +113,10 @@ def test_parse_save_rejects_garbage():
     ("nat", "OUTPUT", "-p tcp -j ISTIO_OUTPUT", True),  # Istio <= 1.24's jump
     ("raw", "OUTPUT", "-p udp -j ISTIO_OUTPUT", True),
     ("nat", "PREROUTING", "-i docker0 -j ISTIO_REDIRECT", True),
-    ("nat", "PREROUTING", "-i docker0 -j RETURN", True),
-    ("nat", "OUTPUT", "-o eth9 -j RETURN", True),
-    ("mangle", "PREROUTING", "-p tcp -m mark --mark 0x7 -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff", True),
+    # Rules anyone may write are not ours unless claimed (see test_claimed_rules_are_owned).
+    ("nat", "PREROUTING", "-i docker0 -j RETURN", False),
+    ("nat", "OUTPUT", "-o eth9 -j RETURN", False),
+    ("mangle", "PREROUTING", "-p tcp -m mark --mark 0x7 -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff", False),
     ("mangle", "OUTPUT", "! -d 127.0.0.1/32 -o lo -p tcp -m owner --gid-owner 998 -j MARK --set-xmark 0x53a/0xffffffff", True),
     ("raw", "PREROUTING", "-s 169.254.169.254/32 -p udp -m udp --sport 53 -j CT --zone 1", True),
     ("nat", "PREROUTING", "-p tcp -m tcp --dport 9 -j RETURN", False),
@@ -127,3 +128,10 @@ def test_parse_save_rejects_garbage():
 ])
 def test_ownership(table, chain, args, owned):
     assert is_owned_rule(table, chain, args) is owned
+
+
+def test_claimed_rules_are_owned():
+    claimed = {("nat", "OUTPUT", "-o eth9 -j RETURN")}
+    assert is_owned_rule("nat", "OUTPUT", "-o eth9 -j RETURN", claimed)
+    assert not is_owned_rule("nat", "OUTPUT", "-o wg0 -j RETURN", claimed)
+    assert not is_owned_rule("mangle", "OUTPUT", "-o eth9 -j RETURN", claimed)

@@ -19,6 +19,7 @@ from ansible_collections.meshops.sidecar.plugins.module_utils._reconcile import 
     plan_changes,
     render_state,
     restore_text,
+    unmarked_rules,
 )
 
 KERNEL = os.path.join(os.path.dirname(__file__), "fixtures", "kernel")
@@ -52,7 +53,8 @@ def wanted(opts=KITCHEN_SINK, family=IPV4):
 
 
 def changes_for(save_text, opts=KITCHEN_SINK, family=IPV4):
-    return plan_changes(owned_state(parse_save(save_text)), wanted(opts, family))
+    desired = wanted(opts, family)
+    return plan_changes(owned_state(parse_save(save_text), unmarked_rules(desired)), desired)
 
 
 @pytest.mark.parametrize("family", [IPV4, IPV6])
@@ -119,7 +121,8 @@ def test_missing_jump_is_added():
 
 
 def test_absent_removes_everything_of_ours_and_nothing_else():
-    current = owned_state(parse_save(kernel(IPV4) + FOREIGN))
+    recorded = unmarked_rules(wanted())  # what the ownership record holds after the kitchen-sink apply
+    current = owned_state(parse_save(kernel(IPV4) + FOREIGN), recorded)
     changes = plan_changes(current, desired_state([], IPV4))
     ops = [op for table_ops in changes.values() for op in table_ops]
     assert {op.chain for op in ops if op.kind == "delete_chain"} == {
@@ -146,3 +149,23 @@ def test_restore_text_and_render_state():
     # What render_state prints is what iptables-save shows of our rules.
     assert owned_state(parse_save(rendered)) == owned_state(parse_save(kernel(IPV4)))
     assert restore_text({}) == "" and render_state(desired_state([], IPV4)) == ""
+
+
+def test_unmarked_rules_are_the_ones_a_record_must_list():
+    assert unmarked_rules(wanted()) == {
+        ("nat", "PREROUTING", "-i eth9 -j RETURN"), ("nat", "OUTPUT", "-o eth9 -j RETURN"),
+        ("mangle", "PREROUTING", "-i eth9 -j RETURN"), ("mangle", "OUTPUT", "-o eth9 -j RETURN"),
+        ("nat", "PREROUTING", "-i docker0 -j RETURN"),
+        ("mangle", "PREROUTING", "-p tcp -m mark --mark 0x539 -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff"),
+        ("mangle", "OUTPUT", "-o lo -p tcp -m mark --mark 0x539 -j RETURN"),
+        ("mangle", "OUTPUT", "-p tcp -m connmark --mark 0x539 -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff"),
+    }
+    assert unmarked_rules(wanted(CaptureOptions())) == set()
+
+
+def test_foreign_rules_that_look_like_istio_are_not_taken_without_a_record():
+    foreign = "*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -o wg0 -j RETURN\nCOMMIT\n"
+    current = owned_state(parse_save(kernel(IPV4) + foreign))
+    assert "-o wg0 -j RETURN" not in current["nat"].builtin.get("OUTPUT", [])
+    changes = plan_changes(current, desired_state([], IPV4))
+    assert not any("wg0" in op.args or "eth9" in op.args for ops in changes.values() for op in ops)

@@ -43,6 +43,14 @@ class FakeTarget:
                 if os.path.basename(args[0]) not in READ_ONLY and "-json" not in args]
 
 
+@pytest.fixture(autouse=True)
+def record_dir(mocker, tmp_path):
+    """Keep the ownership record out of /run."""
+    mocker.patch("ansible_collections.meshops.sidecar.plugins.module_utils._ownership_record.RECORD_DIR",
+                 str(tmp_path / "run"))
+    return tmp_path / "run"
+
+
 def run_module(mocker, capsys, target, **args):
     mocker.patch("ansible.module_utils.basic.AnsibleModule.run_command", side_effect=target.run_command)
     mocker.patch("ansible.module_utils.basic.AnsibleModule.get_bin_path", side_effect=lambda name, *a, **k: name)

@@ -1,0 +1,32 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) meshops.sidecar contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The ownership record: round trip, keyed by namespace and inode, gone when nothing is claimed."""
+
+from __future__ import annotations
+
+from ansible_collections.meshops.sidecar.plugins.module_utils import _ownership_record as record
+
+CLAIMS = {"ipv4": {("nat", "OUTPUT", "-o eth9 -j RETURN")}, "ipv6": set()}
+
+
+def test_paths_are_keyed_by_name_and_inode(tmp_path):
+    assert record.record_path("app", 4026532177, str(tmp_path)).endswith("/netns-app-4026532177.json")
+    assert record.record_path(None, 4026531833, str(tmp_path)).endswith("/ns-4026531833.json")
+    assert record.record_path("app", 1, str(tmp_path)) != record.record_path("app", 2, str(tmp_path))
+
+
+def test_round_trip_and_removal(tmp_path):
+    path = record.record_path("app", 7, str(tmp_path / "run"))
+    assert record.load(path) == {}
+    record.save(path, CLAIMS)
+    assert record.load(path) == {"ipv4": CLAIMS["ipv4"]}
+    record.save(path, {"ipv4": set()})
+    assert not (tmp_path / "run" / "netns-app-7.json").exists()
+
+
+def test_a_damaged_record_claims_nothing(tmp_path):
+    path = tmp_path / "ns-1.json"
+    path.write_text("{not json")
+    assert record.load(str(path)) == {}

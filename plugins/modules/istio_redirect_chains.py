@@ -18,9 +18,10 @@ description:
     C(nat), C(mangle) and C(raw) tables, for IPv4 and IPv6 (Istio parity).
   - The module owns the chains C(ISTIO_INBOUND), C(ISTIO_IN_REDIRECT), C(ISTIO_OUTPUT), C(ISTIO_REDIRECT),
     C(ISTIO_OUTPUT_DNS), C(ISTIO_DIVERT), C(ISTIO_TPROXY) and C(ISTIO_DROP) (every C(ISTIO_*) chain), the rules in
-    built-in chains that jump to them, and the few rule shapes only Istio writes in built-in chains (interface
-    C(RETURN)s, TPROXY mark and connmark rules). Rules of others (Docker, firewalld, your own) are never removed
-    or reordered.
+    built-in chains that jump to them, the rule shapes only Istio writes (its 1338 mark on proxy traffic to the
+    workload), and the other built-in chain rules it placed itself (interface C(RETURN)s, TPROXY connmark rules),
+    which it records under C(/run/meshops-sidecar) because anyone may write the same rule. Rules of others
+    (Docker, firewalld, your own) are never removed or reordered.
   - State is compared in the canonical form C(iptables-save) prints. Any drift (a rule removed, added, reordered
     or duplicated in an C(ISTIO_*) chain, a jump missing or duplicated) is repaired; an unchanged namespace is not
     written to.

@@ -17,6 +17,7 @@ SERIES = (  # key in the scaling table, label, colour, dashed
     ("legacy", "apply", "legacy, first apply", "#d62728", False),
     ("legacy", "rerun", "legacy, no-op re-run", "#d62728", True),
 )
+STRING_COLOUR = "#9467bd"  # nft apply, the CIDRs as one comma-separated string
 WIDTH, HEIGHT = 900, 380
 PANEL_W, PANEL_H = 340, 250
 TOP, LEFT = 50, 70
@@ -29,9 +30,9 @@ def _nice_max(value):
     return value, value / 5
 
 
-def _panel(out, x0, title, sizes, values, unit, target=None):
-    """values: {series index: [y per size]}."""
-    top = max(max(v) for v in values.values())
+def _panel(out, x0, title, sizes, values, unit, target=None, extra=None):
+    """values: {series index: [y per size]}; extra: a lone value at the largest size (the string form)."""
+    top = max([max(v) for v in values.values()] + ([extra] if extra is not None else []))
     if target is not None:
         top = max(top, target * 1.1)
     ymax, step = _nice_max(top * 1.05)
@@ -70,6 +71,9 @@ def _panel(out, x0, title, sizes, values, unit, target=None):
                    % (points, colour, ' stroke-dasharray="5,3"' if dashed else ""))
         for i, y in enumerate(ys):
             out.append('<circle cx="%.1f" cy="%.1f" r="3" fill="%s"/>' % (px(i), py(y), colour))
+    if extra is not None:
+        out.append('<circle cx="%.1f" cy="%.1f" r="5" fill="none" stroke="%s" stroke-width="2"/>'
+                   % (px(n - 1), py(extra), STRING_COLOUR))
 
 
 def write_svg(path, sizes, table, backends=("nft", "legacy")):
@@ -80,15 +84,23 @@ def write_svg(path, sizes, table, backends=("nft", "legacy")):
     out = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" '
            'font-family="sans-serif">' % (WIDTH, HEIGHT, WIDTH, HEIGHT),
            '<rect width="100%" height="100%" fill="white"/>']
-    _panel(out, LEFT, "Task cost, net of ansible-playbook start-up", sizes, seconds, "seconds (median)")
-    _panel(out, LEFT + PANEL_W + 110, "Cost relative to 0 CIDRs", sizes, ratios, "x cost with 0 CIDRs", target=2)
+    string = table.get("nft string %d" % sizes[-1])
+    _panel(out, LEFT, "Task cost, net of ansible-playbook start-up", sizes, seconds, "seconds, net (median)",
+           extra=string["apply"] if string else None)
+    _panel(out, LEFT + PANEL_W + 110, "Cost relative to 0 CIDRs", sizes, ratios, "x cost with 0 CIDRs", target=2,
+           extra=string["apply ratio"] if string else None)
     legend_y = HEIGHT - 22
-    for slot, i in enumerate(shown):
+    x = 20
+    for i in shown:
         label, colour, dashed = SERIES[i][2:]
-        x = LEFT + slot * 200
         out.append('<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="%s" stroke-width="2"%s/>'
-                   % (x, legend_y, x + 30, legend_y, colour, ' stroke-dasharray="5,3"' if dashed else ""))
-        out.append('<text x="%d" y="%d" font-size="12">%s</text>' % (x + 36, legend_y + 4, escape(label)))
+                   % (x, legend_y, x + 26, legend_y, colour, ' stroke-dasharray="5,3"' if dashed else ""))
+        out.append('<text x="%d" y="%d" font-size="12">%s</text>' % (x + 31, legend_y + 4, escape(label)))
+        x += 165
+    if string:
+        out.append('<circle cx="%d" cy="%d" r="5" fill="none" stroke="%s" stroke-width="2"/>'
+                   % (x + 8, legend_y, STRING_COLOUR))
+        out.append('<text x="%d" y="%d" font-size="12">nft, apply, one string</text>' % (x + 18, legend_y + 4))
     out.append("</svg>")
     with open(path, "w") as handle:
         handle.write("\n".join(out) + "\n")

@@ -88,9 +88,10 @@ def default_dns_servers(netns):
 
 
 class CaptureRun:
-    def __init__(self, params, check_mode, run, which, warn):
+    def __init__(self, params, check_mode, run, which, warn, diff_mode=True):
         self.params = params
         self.check_mode = check_mode
+        self.diff_mode = diff_mode
         self.run = run
         self.which = which
         self.warn = warn
@@ -199,6 +200,8 @@ class CaptureRun:
                                         passthrough_wanted or (self.present and passthrough_now)),
             },
         }
+        if not self.diff_mode:
+            del result["diff"]  # the before/after text can be large (one line per rule): only when asked for
         if self.check_mode:
             return result
         if result["changed"]:

@@ -19,6 +19,9 @@ import re
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture_plan import IPV4, IPV6, CaptureOptions
 
 IFNAMSIZ = 15  # longest interface name the kernel takes
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+# An IPv4 CIDR already in the form ipaddress would print: taken as it is (thousands of exclusions).
+_PLAIN_IPV4_CIDR = re.compile(r"%s(?:\.%s){3}/(?:3[0-2]|[12]?[0-9])" % (_OCTET, _OCTET))
 MAX_OWNER_GROUPS = 64  # Istio's limit for ISTIO_OUTBOUND_OWNER_GROUPS
 # Tables the kernel itself uses for routing (local, main, default); a TPROXY table must be another.
 RESERVED_ROUTE_TABLES = frozenset((253, 254, 255))
@@ -72,6 +75,8 @@ def _single_port(option, value):
 
 def _cidr(option, text):
     """``(family, text)`` as Istio writes it: the address as given (not masked), in canonical notation."""
+    if _PLAIN_IPV4_CIDR.fullmatch(text):
+        return IPV4, text
     if "/" not in text:
         raise OptionError(option, text, "a CIDR needs a prefix length, e.g. %s/32" % text)
     try:

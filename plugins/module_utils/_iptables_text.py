@@ -174,6 +174,8 @@ def canonical_args(args, family):
             negated, value = rule.fields[flag]
             if flag in ("-s", "-d"):
                 value = _address(value, family)
+                if value.endswith("/0") and not negated:
+                    continue  # matches every address: iptables-save prints nothing for it
             out += (["!"] if negated else []) + [flag, value]
     for name, options in rule.matches:
         out += ["-m", name]

@@ -373,7 +373,7 @@ def main():
     def run(argv, data=None):
         return module.run_command(argv, data=data, binary_data=data is not None)
 
-    runner = CaptureRun(module.params, module.check_mode, run, module.get_bin_path, module.warn)
+    runner = CaptureRun(module.params, module.check_mode, run, module.get_bin_path, module.warn, module._diff)
     try:
         result = runner.execute()
     except CaptureError as exc:

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture_options import (
@@ -159,3 +161,15 @@ def test_global_ipv6_detection():
     ula = "fd000000000000000000000000000001 02 40 00 80     eth0\n"
     assert not has_global_ipv6(loopback + link)
     assert has_global_ipv6(loopback + ula)
+
+
+@pytest.mark.parametrize("text", ["198.18.0.1/32", "0.0.0.0/0", "255.255.255.255/32", "10.0.0.0/8", "198.18.7.9/16"])
+def test_plain_ipv4_cidrs_are_what_ipaddress_would_print(text):
+    opts = build(exclude_outbound_ip_ranges=[text])
+    interface = ipaddress.ip_interface(text)
+    assert opts.exclude_outbound_ip_ranges == ((IPV4, "%s/%d" % (interface.ip, interface.network.prefixlen)),)
+
+
+@pytest.mark.parametrize("text", ["198.18.0.01/32", "256.1.1.1/8", "1.2.3.4/33", "1.2.3/8"])
+def test_odd_ipv4_cidrs_still_go_through_full_validation(text):
+    assert error(exclude_outbound_ip_ranges=[text]).startswith("exclude_outbound_ip_ranges=")

@@ -70,6 +70,10 @@ def test_every_planned_rule_canonicalises_to_what_the_kernel_printed(path):
      "-p tcp -m conntrack --ctstate RELATED,ESTABLISHED -j ISTIO_DIVERT"),
     ("-p tcp --dport 8000:8100 -j ISTIO_REDIRECT", "ipv4", "-p tcp -m tcp --dport 8000:8100 -j ISTIO_REDIRECT"),
     ("-p tcp -m tcp --dport 53 -j RETURN", "ipv4", "-p tcp -m tcp --dport 53 -j RETURN"),
+    # Everything: the kernel keeps no address, iptables-save prints none (a negated one it does print).
+    ("-d 0.0.0.0/0 -j RETURN", "ipv4", "-j RETURN"),
+    ("-d ::/0 -j RETURN", "ipv6", "-j RETURN"),
+    ("! -s 0.0.0.0/0 -j RETURN", "ipv4", "! -s 0.0.0.0/0 -j RETURN"),
 ])
 def test_canonical_forms(args, family, expected):
     assert canonical_args(args, family) == expected

@@ -80,6 +80,13 @@ def _read_file(path, default=""):
         return default
 
 
+def _netns_inode(name):
+    try:
+        return _nsenter.inode_of(name)
+    except OSError:
+        return None
+
+
 def default_dns_servers(netns):
     """Nameservers the workload uses: ``/etc/netns/NAME/resolv.conf`` (what ``ip netns exec`` shows it), else ``/etc/resolv.conf``."""
     if netns and os.path.exists("/etc/netns/%s/resolv.conf" % netns):
@@ -221,6 +228,7 @@ class CaptureRun:
 
     def _keep_record(self, record, recorded, after):
         """Remember the built-in chain rules of ours that nothing else marks as ours (see _ownership_record)."""
+        _ownership_record.prune(_netns_inode)
         claims = {family: unmarked_rules(state) for family, state in after.items()} if self.present else {}
         if _ownership_record.dump(claims) != _ownership_record.dump(recorded):
             _ownership_record.save(record, claims)

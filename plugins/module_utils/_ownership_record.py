@@ -60,3 +60,21 @@ def remove(path):
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def prune(inode_of_netns, root=None):
+    """Remove the records of named namespaces that are gone (or were made again: another inode).
+
+    ``inode_of_netns(name)`` gives the inode of ``/run/netns/NAME``, or None when there is no such namespace.
+    """
+    root = root or RECORD_DIR
+    try:
+        names = os.listdir(root)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if not (name.startswith("netns-") and name.endswith(".json")):
+            continue
+        netns, _sep, inode = name[len("netns-"):-len(".json")].rpartition("-")
+        if netns and inode.isdigit() and inode_of_netns(netns) != int(inode):
+            remove(os.path.join(root, name))

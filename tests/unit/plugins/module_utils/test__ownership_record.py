@@ -30,3 +30,13 @@ def test_a_damaged_record_claims_nothing(tmp_path):
     path = tmp_path / "ns-1.json"
     path.write_text("{not json")
     assert record.load(str(path)) == {}
+
+
+def test_prune_removes_records_of_namespaces_that_are_gone(tmp_path):
+    root = str(tmp_path)
+    live = {"app": 7, "again": 9}
+    for netns, inode in (("app", 7), ("gone", 8), ("again", 1)):
+        record.save(record.record_path(netns, inode, root), CLAIMS)
+    record.save(record.record_path(None, 5, root), CLAIMS)
+    record.prune(live.get, root)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["netns-app-7.json", "ns-5.json"]

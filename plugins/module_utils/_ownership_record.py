@@ -60,6 +60,10 @@ def remove(path):
         os.unlink(path)
     except FileNotFoundError:
         pass
+    try:
+        os.rmdir(os.path.dirname(path))  # the last record gone: leave nothing behind
+    except OSError:
+        pass
 
 
 def prune(inode_of_netns, root=None):

@@ -407,7 +407,27 @@ def _build_rule(args, family):
     target = rule.create_target(parsed.target)
     for option in parsed.target_options:
         target.set_parameter(option.name[2:], " ".join(option.values))
+    if family != IPV4:
+        fix_ipv6_interface_masks(rule.entry.ipv6)
     return rule
+
+
+# python-iptables 1.2.0 writes IPv6 interface masks as 0x01 bytes where ip6tables writes 0xff. The
+# kernel compares (name ^ rule) & mask per byte, so with 0x01 only one bit of each character counts
+# and `-o lo` also matches `vm0`: IPv6 traffic would leave through the lo RETURN rules uncaptured.
+_MASK_FIELDS = ("iniface_mask", "outiface_mask")
+DAMAGED_MASK = "[ipv6-interface-mask-not-as-ip6tables-writes-it]"
+
+
+def fix_ipv6_interface_masks(ipv6):
+    """Give an ``ip6t_ip6`` the interface masks ip6tables writes: 0xff for every byte the name covers."""
+    for name in _MASK_FIELDS:
+        covered = len(getattr(ipv6, name))  # ctypes stops at the first zero byte
+        setattr(ipv6, name, b"\xff" * covered + b"\0" * (16 - covered))
+
+
+def has_damaged_interface_mask(ipv6):
+    return any(set(getattr(ipv6, name)) - {0xFF} for name in _MASK_FIELDS)
 
 
 def _render_rule(rule, family):
@@ -433,6 +453,8 @@ def _render_rule(rule, family):
         saved = target._get_saved_buf(ip) if target._module else None  # pylint: disable=protected-access
         if saved and saved.strip():
             out.append(saved.decode().strip())
+    if family != IPV4 and has_damaged_interface_mask(rule.entry.ipv6):
+        out.append(DAMAGED_MASK)  # differs from the plan, so the rule is written again, correctly
     return " ".join(out)
 
 

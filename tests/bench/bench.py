@@ -1,5 +1,5 @@
 # Copyright: contributors to the meshops.sidecar collection
-# GNU General Public License v3.0+ (see COPYING)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Benchmark of ``meshops.sidecar.istio_redirect_chains`` (``make bench``; see docs/performance.md).
 
 Every ``ansible-playbook`` run happens under ``ip netns exec NS`` in a namespace this script made,

@@ -1,5 +1,5 @@
 # Copyright: contributors to the meshops.sidecar collection
-# GNU General Public License v3.0+ (see COPYING)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Live proof that the legacy backend's fast paths (plugins/module_utils/_xtables.py) change nothing.
 
 In a fresh namespace made by the caller (bench.py, or by hand), loads a varied legacy rule set

@@ -1,5 +1,5 @@
 # Copyright: contributors to the meshops.sidecar collection
-# GNU General Public License v3.0+ (see COPYING)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The scaling plot of bench.py as a hand-written SVG (no plotting library needed).
 
 Two panels over the excluded-CIDR counts (evenly spaced, so 0, 100, 1,000, 10,000 read as a

@@ -50,11 +50,23 @@ def test_policy_route_commands():
     assert route.delete_commands()[0] == ["ip", "-6", "rule", "del", "fwmark", "1337", "lookup", "133"]
 
 
-def test_passthrough_address():
-    with_it = json.dumps([{"ifname": "lo", "addr_info": [{"local": "::1", "prefixlen": 128},
-                                                         {"local": "::6", "prefixlen": 128}]}])
-    assert has_passthrough_v6(with_it)
-    assert not has_passthrough_v6(json.dumps([{"ifname": "lo", "addr_info": [{"local": "::1", "prefixlen": 128}]}]))
+# /proc/net/if_inet6 as the kernel prints it: address, ifindex, prefix length, scope, flags (hex), device.
+IF_INET6_LO = "00000000000000000000000000000001 01 80 10 80       lo\n"
+IF_INET6_PASSTHROUGH = "00000000000000000000000000000006 01 80 10 80       lo\n"
+
+
+@pytest.mark.parametrize("text,present", [
+    ("", False),
+    (IF_INET6_LO, False),
+    (IF_INET6_LO + IF_INET6_PASSTHROUGH, True),
+    (IF_INET6_PASSTHROUGH + "20010db8000000000000000000000006 02 40 00 00     vm0\n", True),
+    ("00000000000000000000000000000006 02 80 00 80      vm0\n", False),  # ::6 elsewhere is not Envoy's
+    ("00000000000000000000000000000006 01 7f 10 80       lo\n", False),  # ::6/127
+    ("00000000000000000000000000000060 01 80 10 80       lo\n", False),  # ::60
+    ("garbage\n", False),
+])
+def test_passthrough_address(text, present):
+    assert has_passthrough_v6(text) is present
 
 
 @pytest.mark.parametrize("opts,port,captured", [

@@ -76,8 +76,8 @@ def _panel(out, x0, title, sizes, values, unit, target=None, extra=None):
                    % (px(n - 1), py(extra), STRING_COLOUR))
 
 
-def write_svg(path, sizes, table, backends=("nft", "legacy")):
-    """``table["nft 1000"]["apply"]`` etc. as produced by bench.scaling_table."""
+def write_svg(path, sizes, table, backends=("nft", "legacy"), measure="Task cost, net of ansible-playbook start-up"):
+    """``table["nft 1000"]["apply"]`` etc. as produced by bench.scaling_table; ``measure`` names the baseline."""
     shown = [i for i, s in enumerate(SERIES) if s[0] in backends]
     seconds = {i: [table["%s %d" % (SERIES[i][0], n)][SERIES[i][1]] for n in sizes] for i in shown}
     ratios = {i: [table["%s %d" % (SERIES[i][0], n)][SERIES[i][1] + " ratio"] for n in sizes] for i in shown}
@@ -85,7 +85,7 @@ def write_svg(path, sizes, table, backends=("nft", "legacy")):
            'font-family="sans-serif">' % (WIDTH, HEIGHT, WIDTH, HEIGHT),
            '<rect width="100%" height="100%" fill="white"/>']
     string = table.get("nft string %d" % sizes[-1])
-    _panel(out, LEFT, "Task cost, net of ansible-playbook start-up", sizes, seconds, "seconds, net (median)",
+    _panel(out, LEFT, measure, sizes, seconds, "seconds, net (median)",
            extra=string["apply"] if string else None)
     _panel(out, LEFT + PANEL_W + 110, "Cost relative to 0 CIDRs", sizes, ratios, "x cost with 0 CIDRs", target=2,
            extra=string["apply ratio"] if string else None)

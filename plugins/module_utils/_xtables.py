@@ -31,6 +31,7 @@ import importlib.util
 import ipaddress
 import json
 import os
+import socket
 import sys
 import time
 
@@ -354,43 +355,150 @@ def _apply_ops(handle, family, ops, current):
             handle.insert_entry(op.chain, entry(op.args), op.position - 1)
 
 
+_ADDRESS_FLAGS = ("-s", "-d")
+
+
 class _RuleBuilder:
-    """``_build_rule``, reusing one python-iptables Rule for simple rules that differ only in addresses.
+    """What ``Chain.append_rule`` / ``insert_rule`` would hand to libiptc for a rule, cheaply for address-only rules.
 
-    Creating a Rule and its target costs ~0.15 ms (the target decodes its extension); thousands
-    of exclusions differ only in ``-d``. A rule without matches or target options whose other
-    fields equal an earlier one's gets that Rule with its addresses set anew: libiptc copies
-    the rule when it is appended or inserted, so the object may be changed afterwards.
-
-    ``entry`` gives the buffer ``Chain.append_rule`` / ``insert_rule`` would hand to libiptc:
-    the rule's ``final_check()``, then ``rule.rule``. For a reused Rule the check is done once:
-    a target without parameters comes out of it as it went in, and addresses are not checked.
+    That buffer is the rule's ``final_check()``, then ``rule.rule``. Creating a Rule and its target
+    costs ~0.15 ms (the target decodes its extension), and ``rule.rule`` rebuilds a ctypes buffer;
+    thousands of exclusions differ only in ``-d``. So for a rule without matches or target options,
+    the buffer of the first rule of its shape (the rule without its ``-s``/``-d`` values and their
+    ``!``) is kept as a template, and later rules of that shape get a copy with their addresses
+    written where python-iptables' ``set_src``/``set_dst`` write them. The check is done once per
+    shape: a target without parameters comes out of it as it went in, and addresses are not checked.
     """
-
-    _ADDRESSES = {"-s": "src", "-d": "dst"}
 
     def __init__(self, family):
         self.family = family
-        self.shapes = {}
+        self.shapes = {}  # shape -> template bytes
+        self._encode = _ipv4_address_and_mask if family == IPV4 else _ipv6_address_and_mask
+        self._layout = None  # from the first Rule built: see _address_layout
 
     def entry(self, args):
-        parsed = parse_rule(args)
-        if parsed.matches or parsed.target_options:
-            rule = _build_rule(args, self.family)
-            rule.final_check()
-            return rule.rule
-        shape = (parsed.target, tuple(sorted((flag, negated, None if flag in self._ADDRESSES else value)
-                                             for flag, (negated, value) in parsed.fields.items())))
-        rule = self.shapes.get(shape)
-        if rule is None:
-            rule = self.shapes[shape] = _build_rule(args, self.family)
-            rule.final_check()
-            return rule.rule
-        for flag, attr in self._ADDRESSES.items():
-            if flag in parsed.fields:
-                negated, value = parsed.fields[flag]
-                setattr(rule, attr, ("!" if negated else "") + value)
-        return rule.rule
+        shape_and_addresses = _plain_address_rule(args)
+        if shape_and_addresses is None:
+            parsed = parse_rule(args)
+            if parsed.matches or parsed.target_options:
+                return self._built(args)[1]
+            shape_and_addresses = _address_only_shape(parsed)
+        shape, addresses = shape_and_addresses
+        template = self.shapes.get(shape)
+        if template is None:
+            rule, entry = self._built(args)
+            if self._layout is None:
+                self._layout = _address_layout(rule, self.family)
+            self.shapes[shape] = bytes(entry)
+            return entry
+        entry = bytearray(template)
+        for flag, (negated, value) in addresses.items():
+            address_and_mask = self._encode(value)
+            if address_and_mask is None:  # a form the template does not cover: python-iptables parses it
+                return self._built(args)[1]
+            address, mask = address_and_mask
+            address_at, mask_at, invflags_at, bit, inv_mask = self._layout[flag]
+            entry[address_at:address_at + len(address)] = address
+            entry[mask_at:mask_at + len(mask)] = mask
+            # as set_src/set_dst: set the inversion bit, or clear it and every bit outside the mask
+            entry[invflags_at] = entry[invflags_at] | bit if negated else entry[invflags_at] & ~bit & inv_mask
+        return (ctypes.c_ubyte * len(entry)).from_buffer(entry)
+
+    def _built(self, args):
+        """A new Rule for ``args`` and the buffer python-iptables hands libiptc for it."""
+        rule = _build_rule(args, self.family)
+        rule.final_check()
+        return rule, rule.rule
+
+
+def _address_only_shape(parsed):
+    """``(shape, addresses)`` of a parsed rule without matches or target options.
+
+    ``addresses`` is ``{flag: (negated, value)}`` of its ``-s``/``-d``; ``shape`` is everything else.
+    """
+    addresses = {flag: parsed.fields[flag] for flag in _ADDRESS_FLAGS if flag in parsed.fields}
+    others = tuple(sorted((flag, negated, value) for flag, (negated, value) in parsed.fields.items()
+                          if flag not in addresses))
+    return (parsed.target, others, tuple(sorted(addresses))), addresses
+
+
+def _plain_address_rule(args):
+    """``_address_only_shape(parse_rule(args))`` for ``[!] -s A [!] -d B -j TARGET`` text; None for other text.
+
+    Spares the exclusion rules, written by the thousand, ``parse_rule`` and its general grammar.
+    Single spaces and no quotes or backslashes mean ``str.split`` splits as ``shlex.split`` would.
+    """
+    if not isinstance(args, str) or "'" in args or '"' in args or "\\" in args:
+        return None
+    tokens = args.split()
+    if " ".join(tokens) != args:
+        return None
+    addresses = {}
+    negated = False
+    i = 0
+    while i < len(tokens) - 1:
+        token = tokens[i]
+        if token == "!" and not negated:
+            negated = True
+            i += 1
+        elif token in _ADDRESS_FLAGS and token not in addresses:
+            addresses[token] = (negated, tokens[i + 1])
+            negated = False
+            i += 2
+        elif token == "-j" and not negated and i == len(tokens) - 2:
+            return (tokens[i + 1], (), tuple(sorted(addresses))), addresses
+        else:
+            return None
+    return None
+
+
+def _address_layout(rule, family):
+    """``{flag: (address offset, mask offset, invflags offset, inversion bit, invflags mask)}`` in an entry buffer.
+
+    Taken from python-iptables' ctypes definitions of ``ipt_entry.ip`` / ``ip6t_entry.ipv6``.
+    """
+    ip_name, prefix = ("ip", "IPT_") if family == IPV4 else ("ipv6", "IP6T_")
+    ip_at = getattr(type(rule.entry), ip_name).offset
+    ip_type = type(rule.get_ip())
+    invflags_at = ip_at + ip_type.invflags.offset
+    inv_mask = getattr(ip_type, prefix + "INV_MASK")
+    fields = (("-s", "src", "smsk", "INV_SRCIP"), ("-d", "dst", "dmsk", "INV_DSTIP"))
+    return {flag: (ip_at + getattr(ip_type, address).offset, ip_at + getattr(ip_type, mask).offset, invflags_at,
+                   getattr(ip_type, prefix + inversion), inv_mask)
+            for flag, address, mask, inversion in fields}
+
+
+_IPV4_MASKS = tuple((((1 << bits) - 1) << (32 - bits)).to_bytes(4, "big") for bits in range(33))
+_IPV6_MASKS = tuple((((1 << bits) - 1) << (128 - bits)).to_bytes(16, "big") for bits in range(129))
+
+
+def _split_address(value, family, masks):
+    """Address and mask bytes of ``ADDR`` (a host) or ``ADDR/N``; None for a netmask or a length out of range."""
+    host, slash, prefix = value.partition("/")
+    if not slash:
+        bits = len(masks) - 1
+    elif prefix.isascii() and prefix.isdigit() and int(prefix) < len(masks):
+        bits = int(prefix)
+    else:
+        return None
+    try:
+        return socket.inet_pton(family, host), masks[bits]
+    except (OSError, ValueError):  # not an address: python-iptables reports it
+        return None
+
+
+def _ipv4_address_and_mask(value):
+    """The address and mask bytes ``Rule.set_src``/``set_dst`` write for ``ADDR[/N]``: the address masked."""
+    split = _split_address(value, socket.AF_INET, _IPV4_MASKS)
+    if split is None:
+        return None
+    address, mask = split
+    return (int.from_bytes(address, "big") & int.from_bytes(mask, "big")).to_bytes(4, "big"), mask
+
+
+def _ipv6_address_and_mask(value):
+    """The address and mask bytes ``Rule6.set_src``/``set_dst`` write for ``ADDR[/N]``: the address as given."""
+    return _split_address(value, socket.AF_INET6, _IPV6_MASKS)
 
 
 def _build_rule(args, family):

@@ -10,9 +10,10 @@ Then, in python-iptables workers as the module uses them:
 
 * read: ``_render_entry`` (bare Rule for simple entries) against ``_render_rule`` of the Rules
   python-iptables builds, entry by entry;
-* build: ``_RuleBuilder.entry`` (one Rule reused, and checked once, for rules that differ only in
-  addresses) against a new ``_build_rule`` with its ``final_check()`` for every rule, comparing the
-  buffers handed to libiptc, for every rule read back above and a few address variants;
+* build: ``_RuleBuilder.entry`` (for rules that differ only in addresses, one checked entry buffer
+  per shape with each rule's addresses written into a copy) against a new ``_build_rule`` with its
+  ``final_check()`` for every rule, comparing the buffers handed to libiptc, for every rule read
+  back above and a few address variants;
 
 and prints one line per check, exiting non-zero on any difference.
 Usage: ``python check_fast_paths.py --netns NS``.

@@ -134,7 +134,11 @@ options:
     elements: str
     default: ['*']
   exclude_outbound_ip_ranges:
-    description: Destination CIDRs that bypass capture (Istio C(-x)).
+    description:
+      - Destination CIDRs that bypass capture (Istio C(-x)).
+      - Thousands are fine (one rule each, all applied in one transaction), but Ansible templates a long list
+        item by item. Passing it as one comma-separated string made with the C(join) filter spares that work
+        (about 0.35 s at 10,000 CIDRs on a small machine); see the examples.
     type: list
     elements: str
     default: []
@@ -250,6 +254,11 @@ EXAMPLES = r"""
       - 2001:db8::/32
     exclude_outbound_ports: [5432]
     ipv6: true
+
+- name: Keep thousands of CIDRs out of capture, passed as one string (cheaper for Ansible than a long list)
+  meshops.sidecar.istio_redirect_chains:
+    netns: app
+    exclude_outbound_ip_ranges: "{{ excluded_cidrs | join(',') }}"
 
 - name: TPROXY inbound mode with the legacy backend
   meshops.sidecar.istio_redirect_chains:

@@ -596,39 +596,36 @@ def write_report(args, compare, scaling, report, outdir, flavour):
     return text
 
 
-def compare_table(samples, report, flavour):
-    lines = ["Compare (backend %s, Istio's K8s defaults, %d repetitions; seconds; net = median over repetitions "
-             "of (run - the empty playbook's run of the same repetition)):" % (flavour, report["compare_reps"]), ""]
-    lines.append("| variant | tasks | median | min-max | net | CPU median | net CPU |")
-    lines.append("|---|---:|---:|---:|---:|---:|---:|")
-    rows = (("empty playbook (start-up)", "empty", 0), ("`command: true`", "noop", 1),
-            ("module, first apply", "module_apply", 1), ("module, no-op re-run", "module_rerun", 1),
-            ("builtin iptables, first apply", "builtin_apply", BUILTIN_TASKS),
-            ("builtin iptables, no-op re-run", "builtin_rerun", BUILTIN_TASKS))
+def cost_lines(samples, rows, base):
+    """A markdown table of ``(title, key, tasks)`` rows: medians, spread, and the net cost over ``base``."""
+    lines = ["| variant | tasks | median | min-max | net | CPU median | net CPU |", "|---|---:|---:|---:|---:|---:|---:|"]
     for title, key, tasks in rows:
         low, high = samples.spread(key)
         lines.append("| %s | %d | %s | %s-%s | %s | %s | %s |" % (
             title, tasks, fmt(samples.median(key)), fmt(low), fmt(high),
-            fmt(samples.net(key, "empty")) if key != "empty" else "", fmt(samples.median(key, cpu=True)),
-            fmt(samples.net(key, "empty", cpu=True)) if key != "empty" else ""))
-    lines.append("")
+            fmt(samples.net(key, base)) if key != base else "", fmt(samples.median(key, cpu=True)),
+            fmt(samples.net(key, base, cpu=True)) if key != base else ""))
+    return lines + [""]
+
+
+def compare_table(samples, report, flavour):
+    lines = ["Compare (backend %s, Istio's K8s defaults, %d repetitions; seconds; net = median over repetitions "
+             "of (run - the empty playbook's run of the same repetition)):" % (flavour, report["compare_reps"]), ""]
+    rows = (("empty playbook (start-up)", "empty", 0), ("`command: true`", "noop", 1),
+            ("module, first apply", "module_apply", 1), ("module, no-op re-run", "module_rerun", 1),
+            ("builtin iptables, first apply", "builtin_apply", BUILTIN_TASKS),
+            ("builtin iptables, no-op re-run", "builtin_rerun", BUILTIN_TASKS))
+    lines += cost_lines(samples, rows, "empty")
     warm = "warm_module_apply" in samples.wall
     if warm:
         lines.append("The same after a first task (a `command: true` warm-up), net of a playbook with only the warm-up: "
                      "what a task costs inside a playbook that already runs tasks:")
         lines.append("")
-        lines.append("| variant | tasks | median | min-max | net | CPU median | net CPU |")
-        lines.append("|---|---:|---:|---:|---:|---:|---:|")
-        for title, key, tasks in (("warm-up only", "warm", 1), ("+ module, first apply", "warm_module_apply", 2),
-                                  ("+ module, no-op re-run", "warm_module_rerun", 2),
-                                  ("+ builtin iptables, first apply", "warm_builtin_apply", 1 + BUILTIN_TASKS),
-                                  ("+ builtin iptables, no-op re-run", "warm_builtin_rerun", 1 + BUILTIN_TASKS)):
-            low, high = samples.spread(key)
-            lines.append("| %s | %d | %s | %s-%s | %s | %s | %s |" % (
-                title, tasks, fmt(samples.median(key)), fmt(low), fmt(high),
-                fmt(samples.net(key, "warm")) if key != "warm" else "", fmt(samples.median(key, cpu=True)),
-                fmt(samples.net(key, "warm", cpu=True)) if key != "warm" else ""))
-        lines.append("")
+        lines += cost_lines(samples, (("warm-up only", "warm", 1), ("+ module, first apply", "warm_module_apply", 2),
+                                      ("+ module, no-op re-run", "warm_module_rerun", 2),
+                                      ("+ builtin iptables, first apply", "warm_builtin_apply", 1 + BUILTIN_TASKS),
+                                      ("+ builtin iptables, no-op re-run", "warm_builtin_rerun", 1 + BUILTIN_TASKS)),
+                            "warm")
     targets = report.setdefault("targets", {})
     for cpu in (False, True):
         net = {row[1]: samples.net(row[1], "empty", cpu=cpu) for row in rows[1:]}
@@ -672,66 +669,62 @@ def compare_table(samples, report, flavour):
     return lines
 
 
+SCALING_HEADER = ["| backend | CIDRs | apply | ratio | no-op re-run | ratio | apply CPU | ratio | re-run CPU | ratio |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+
+def scaling_rows(args, samples, baseline):
+    """``[(title, key, row)]`` of the scaling variants, each net of ``baseline(count, as_string)``.
+
+    ``row`` holds the net cost of the first apply and the re-run, wall and CPU, and each as a ratio
+    to the same backend's cost with 0 CIDRs (nft's for the comma-separated string).
+    """
+    top = max(args.sizes)
+    variants = [(backend, (backend, count), baseline(count, False), backend)
+                for backend in args.backends for count in args.sizes]
+    if ("nft string", top, "apply") in samples.wall:
+        variants.append(("nft, as one comma-separated string", ("nft string", top), baseline(top, True), "nft"))
+    rows = []
+    for title, key, base, zero_backend in variants:
+        row = {}
+        for mode in ("apply", "rerun"):
+            for cpu, suffix in ((False, ""), (True, " cpu")):
+                net = samples.net(key + (mode,), base, cpu=cpu)
+                row[mode + suffix] = net
+                row[mode + suffix + " ratio"] = ratio(net, samples.net((zero_backend, 0, mode), baseline(0, False),
+                                                                       cpu=cpu))
+        rows.append((title, key, row))
+    return rows
+
+
+def scaling_lines(rows, table):
+    """The markdown rows of ``scaling_rows``; each row is also kept in ``table`` under "BACKEND COUNT"."""
+    lines = list(SCALING_HEADER)
+    for title, key, row in rows:
+        table["%s %d" % key] = row
+        lines.append("| %s | %d | %s |" % (title, key[1], " | ".join(
+            fmt(row[name]) for name in ("apply", "apply ratio", "rerun", "rerun ratio", "apply cpu",
+                                        "apply cpu ratio", "rerun cpu", "rerun cpu ratio"))))
+    return lines + [""]
+
+
 def scaling_table(args, samples, report):
     lines = ["Scaling (%d repetitions; seconds net of the empty playbook (median %s s), paired by repetition; "
              "ratio = net / net with 0 CIDRs):" % (report["scaling_reps"], fmt(samples.median("empty"))), ""]
-    lines.append("| backend | CIDRs | apply | ratio | no-op re-run | ratio | apply CPU | ratio | re-run CPU | ratio |")
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     table = report.setdefault("scaling", {})
-    for backend in args.backends:
-        base = {mode: samples.net((backend, 0, mode), "empty") for mode in ("apply", "rerun")}
-        base_cpu = {mode: samples.net((backend, 0, mode), "empty", cpu=True) for mode in ("apply", "rerun")}
-        for count in args.sizes:
-            row = {}
-            for mode in ("apply", "rerun"):
-                net = samples.net((backend, count, mode), "empty")
-                row[mode] = net
-                row[mode + " ratio"] = ratio(net, base[mode])
-                row[mode + " cpu"] = samples.net((backend, count, mode), "empty", cpu=True)
-                row[mode + " cpu ratio"] = ratio(row[mode + " cpu"], base_cpu[mode])
-            table["%s %d" % (backend, count)] = row
-            lines.append("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-                backend, count, fmt(row["apply"]), fmt(row["apply ratio"]), fmt(row["rerun"]),
-                fmt(row["rerun ratio"]), fmt(row["apply cpu"]), fmt(row["apply cpu ratio"]), fmt(row["rerun cpu"]),
-                fmt(row["rerun cpu ratio"])))
-    top = max(args.sizes)
-    if ("nft string", top, "apply") in samples.wall:
-        row = {}
-        for mode in ("apply", "rerun"):
-            row[mode] = samples.net(("nft string", top, mode), "empty")
-            row[mode + " ratio"] = ratio(row[mode], table["nft 0"][mode])
-            row[mode + " cpu"] = samples.net(("nft string", top, mode), "empty", cpu=True)
-            row[mode + " cpu ratio"] = ratio(row[mode + " cpu"], table["nft 0"][mode + " cpu"])
-        table["nft string %d" % top] = row
-        lines.append("| nft, as one comma-separated string | %d | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-            top, fmt(row["apply"]), fmt(row["apply ratio"]), fmt(row["rerun"]), fmt(row["rerun ratio"]),
-            fmt(row["apply cpu"]), fmt(row["apply cpu ratio"]), fmt(row["rerun cpu"]), fmt(row["rerun cpu ratio"])))
-    lines.append("")
+    lines += scaling_lines(scaling_rows(args, samples, lambda count, as_string: "empty"), table)
     task = report.setdefault("scaling_task", {})
     if ("skip", 0) in samples.wall:
         lines.append("The task's own cost: net of the same playbook with the task skipped (`when: false`), which still "
                      "loads the playbook and its CIDRs (median of the skipped playbooks, seconds: %s):"
                      % ", ".join("%d CIDRs %s" % (count, fmt(samples.median(("skip", count)))) for count in args.sizes))
         lines.append("")
-        lines.append("| backend | CIDRs | apply | ratio | no-op re-run | ratio | apply CPU | ratio | re-run CPU | ratio |")
-        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        variants = [(backend, backend, count, ("skip", count)) for backend in args.backends for count in args.sizes]
-        if ("nft string", top, "apply") in samples.wall:
-            variants.append(("nft, as one comma-separated string", "nft string", top, ("skip string", top)))
-        for title, backend, count, base_key in variants:
-            row = {}
-            for mode in ("apply", "rerun"):
-                zero = (backend if backend != "nft string" else "nft", 0, mode)
-                row[mode] = samples.net((backend, count, mode), base_key)
-                row[mode + " ratio"] = ratio(row[mode], samples.net(zero, ("skip", 0)))
-                row[mode + " cpu"] = samples.net((backend, count, mode), base_key, cpu=True)
-                row[mode + " cpu ratio"] = ratio(row[mode + " cpu"], samples.net(zero, ("skip", 0), cpu=True))
-            task["%s %d" % (backend, count)] = row
-            lines.append("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-                title, count, fmt(row["apply"]), fmt(row["apply ratio"]), fmt(row["rerun"]), fmt(row["rerun ratio"]),
-                fmt(row["apply cpu"]), fmt(row["apply cpu ratio"]), fmt(row["rerun cpu"]),
-                fmt(row["rerun cpu ratio"])))
-        lines.append("")
+
+        def skipped(count, as_string):
+            return ("skip string" if as_string else "skip", count)
+
+        lines += scaling_lines(scaling_rows(args, samples, skipped), task)
+    top = max(args.sizes)
     for backend in args.backends:
         for mode in ("apply", "rerun"):
             for title, rows in (("playbook net of start-up", table), ("the task's own cost", task)):

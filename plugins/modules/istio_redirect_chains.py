@@ -340,7 +340,8 @@ verification:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture import CaptureError, CaptureRun
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.run import CaptureError, CaptureRun
+from ansible_collections.meshops.sidecar.plugins.module_utils._system.commands import ModuleRunner
 
 
 def main():
@@ -377,12 +378,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    module.run_command_environ_update = {"LANGUAGE": "C", "LC_ALL": "C"}
-
-    def run(argv, data=None):
-        return module.run_command(argv, data=data, binary_data=data is not None)
-
-    runner = CaptureRun(module.params, module.check_mode, run, module.get_bin_path, module.warn, module._diff)
+    runner = CaptureRun(module.params, module.check_mode, ModuleRunner(module), module.warn, module._diff)
     try:
         result = runner.execute()
     except CaptureError as exc:

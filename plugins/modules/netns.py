@@ -304,6 +304,15 @@ sysctls:
   type: dict
   sample:
     net.ipv4.ip_forward: "1"
+commands:
+  description:
+    - The same list as RV(actions), under the name M(meshops.sidecar.istio_redirect_chains) uses for it.
+  returned: always
+  type: list
+  elements: str
+  sample:
+    - ip netns add app
+    - ip -n app link set dev lo up
 actions:
   description:
     - The changes made, in order, or in check mode the changes that would be made. C(ip) commands are shown as
@@ -344,9 +353,10 @@ import platform
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.meshops.sidecar.plugins.module_utils._netns_state import StateError, ValidationError
-from ansible_collections.meshops.sidecar.plugins.module_utils._netns_system import ApplyError, CommandError, run_module
-from ansible_collections.meshops.sidecar.plugins.module_utils._nsenter import NetnsError
+from ansible_collections.meshops.sidecar.plugins.module_utils._netns.state import StateError, ValidationError
+from ansible_collections.meshops.sidecar.plugins.module_utils._netns.system import ApplyError, CommandError, run_netns
+from ansible_collections.meshops.sidecar.plugins.module_utils._system.commands import ModuleRunner
+from ansible_collections.meshops.sidecar.plugins.module_utils._system.namespace import NetnsError
 
 
 def main():
@@ -371,7 +381,6 @@ def main():
         ),
         supports_check_mode=True,
     )
-    module.run_command_environ_update = {"LANGUAGE": "C", "LC_ALL": "C"}
     # RV(path) is the namespace's path: AnsibleModule would otherwise add file facts about it
     # (owner, mode, size, and a "state: file" that contradicts the namespace's state).
     module.add_path_info = lambda kwargs: kwargs
@@ -379,7 +388,7 @@ def main():
         module.fail_json(msg="network namespaces exist only on Linux, not on %s" % platform.system())
 
     try:
-        result, warnings = run_module(module)
+        result, warnings = run_netns(module.params, module.check_mode, module._diff, ModuleRunner(module))
     except ValidationError as exc:
         module.fail_json(msg=str(exc), errors=exc.errors)
     except (StateError, NetnsError) as exc:

@@ -1,6 +1,6 @@
 # Copyright: contributors to the meshops.sidecar collection
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Live proof that the legacy backend's fast paths (plugins/module_utils/_xtables.py) change nothing.
+"""Live proof that the legacy backend's fast paths (plugins/module_utils/iptables_legacy.py) change nothing.
 
 In a fresh namespace made by the caller (bench.py, or by hand), loads a varied legacy rule set
 (the kitchen-sink fixtures of the unit tests, foreign rules of the shapes Docker, firewalls and
@@ -41,7 +41,8 @@ def _collection_root():
 sys.path.insert(0, _collection_root())
 
 # pylint: disable=wrong-import-position,protected-access
-from ansible_collections.meshops.sidecar.plugins.module_utils import _nsenter, _xtables  # noqa: E402
+from ansible_collections.meshops.sidecar.plugins.module_utils._system import namespace
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import iptables_legacy
 
 FOREIGN = {
     "ipv4": """*filter
@@ -111,18 +112,18 @@ def load(family):
 
 def _read_both_ways(family):
     """In the worker: every chain of every loaded table, rendered by the fast path and the full one."""
-    iptc = _xtables.iptc
+    iptc = iptables_legacy.iptc
     out = []
     fast_time = full_time = 0.0
-    for table in sorted(_xtables._loaded_legacy_tables(family)):
-        handle = _xtables._table(family, table)
+    for table in sorted(iptables_legacy._loaded_legacy_tables(family)):
+        handle = iptables_legacy._table(family, table)
         handle.refresh()
         for chain in handle.chains:
             start = time.perf_counter()
-            fast = [_xtables._render_entry(handle, chain, entry, family) for entry in _xtables._entries(handle, chain)]
+            fast = [iptables_legacy._render_entry(handle, chain, entry, family) for entry in iptables_legacy._entries(handle, chain)]
             fast_time += time.perf_counter() - start
             start = time.perf_counter()
-            full = [_xtables._render_rule(rule, family) for rule in chain.rules]
+            full = [iptables_legacy._render_rule(rule, family) for rule in chain.rules]
             full_time += time.perf_counter() - start
             out.append([table, chain.name, fast, full])
     del iptc
@@ -141,12 +142,12 @@ EXTRA = {
 
 def _build_both_ways(family, all_args):
     """In the worker: what Chain.append_rule hands libiptc for a new Rule, against _RuleBuilder.entry."""
-    builder = _xtables._RuleBuilder(family)
+    builder = iptables_legacy._RuleBuilder(family)
     differences, errors, fast_time, full_time = [], 0, 0.0, 0.0
     for args in all_args:
         try:
             start = time.perf_counter()
-            rule = _xtables._build_rule(args, family)
+            rule = iptables_legacy._build_rule(args, family)
             rule.final_check()
             full = bytes(rule.rule)
             full_time += time.perf_counter() - start
@@ -166,11 +167,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--netns", required=True, help="a fresh namespace of the caller's")
     args = parser.parse_args()
-    _nsenter.enter(args.netns)
+    namespace.enter(args.netns)
     failed = False
     for family in ("ipv4", "ipv6"):
         load(family)
-        result = _xtables._in_child(_read_both_ways, family)
+        result = iptables_legacy._in_child(_read_both_ways, family)
         rules = sum(len(chain[2]) for chain in result["chains"])
         bad = [(table, chain, a, b) for table, chain, fast, full in result["chains"]
                for a, b in zip(fast, full) if a != b]
@@ -182,7 +183,7 @@ def main():
             print("   DIFFERENT %s %s: %r != %r" % item)
         failed = failed or bool(bad)
         all_args = [args for chain in result["chains"] for args in chain[3]] + EXTRA[family]
-        built = _xtables._in_child(_build_both_ways, family, all_args)
+        built = iptables_legacy._in_child(_build_both_ways, family, all_args)
         print("check: legacy rule builder reuse == a new Rule per rule, %s: %d rules (%d address-only shapes; %d "
               "rules not buildable, skipped), %d differences (%.2f s against %.2f s)"
               % (family, built["built"], built["shapes"], built["skipped"], len(built["differences"]), built["fast"],

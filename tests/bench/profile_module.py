@@ -1,6 +1,6 @@
 # Copyright: contributors to the meshops.sidecar collection
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Profile the target side of ``istio_redirect_chains``: ``_capture.CaptureRun`` run in-process.
+"""Profile the target side of ``istio_redirect_chains``: ``run.CaptureRun`` run in-process.
 
 The module's own code path, without Ansible around it: a params dict with the module's defaults,
 ``run`` with subprocess (as ``AnsibleModule.run_command``), ``which`` with ``shutil.which``.
@@ -43,7 +43,10 @@ def _collection_root():
 sys.path.insert(0, _collection_root())
 
 # pylint: disable=wrong-import-position
-from ansible_collections.meshops.sidecar.plugins.module_utils import _capture, _nsenter, _routes, _xtables  # noqa: E402
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture import run
+from ansible_collections.meshops.sidecar.plugins.module_utils._system import namespace
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture import routes
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import iptables_legacy
 
 # The module's argument_spec defaults (plugins/modules/istio_redirect_chains.py).
 DEFAULTS = dict(
@@ -78,11 +81,11 @@ def _timed(name, func):
 
 
 CHILD_WORK = ("_legacy_read", "_legacy_apply", "_legacy_holds_rules")
-ORIGINAL_WORK = {attr: getattr(_xtables, attr) for attr in CHILD_WORK}
+ORIGINAL_WORK = {attr: getattr(iptables_legacy, attr) for attr in CHILD_WORK}
 
 
 def _in_child_wrapped(name, work, profile):
-    """Wrap work that ``_xtables._in_child`` runs in the forked child: time (and profile) it there.
+    """Wrap work that ``iptables_legacy._in_child`` runs in the forked child: time (and profile) it there.
 
     The child reports through files in CHILD_DIR: the parent's profiler cannot see a forked child.
     """
@@ -107,7 +110,7 @@ def _in_child_wrapped(name, work, profile):
 
 def wrap_children(profile):
     for attr in CHILD_WORK:
-        setattr(_xtables, attr, _in_child_wrapped(attr.lstrip("_"), ORIGINAL_WORK[attr], profile))
+        setattr(iptables_legacy, attr, _in_child_wrapped(attr.lstrip("_"), ORIGINAL_WORK[attr], profile))
 
 
 def instrument():
@@ -115,15 +118,15 @@ def instrument():
                        ("owned_state", "owned state"), ("plan_changes", "compare"), ("render_state", "render"),
                        ("restore_text", "render"), ("select_backend", "select backend")):
         setattr(_capture, attr, _timed(name, getattr(_capture, attr)))
-    _nsenter.enter = _timed("enter netns", _nsenter.enter)
-    for cls in (_xtables.NftBackend, _xtables.LegacyBackend):
+    namespace.enter = _timed("enter netns", namespace.enter)
+    for cls in (iptables_legacy.NftBackend, iptables_legacy.LegacyBackend):
         cls.read = _timed("read rules", cls.read)
         cls.apply = _timed("apply", cls.apply)
-    _capture.CaptureRun._warn_about_other_backend = _timed(  # pylint: disable=protected-access
-        "other backend check", _capture.CaptureRun._warn_about_other_backend)  # pylint: disable=protected-access
-    _routes.RouteManager.policy_routes = _timed("routes", _routes.RouteManager.policy_routes)
-    _routes.RouteManager.has_passthrough_v6 = _timed("routes", _routes.RouteManager.has_passthrough_v6)
-    _xtables._in_child = _timed("legacy children (whole)", _xtables._in_child)  # pylint: disable=protected-access
+    run.CaptureRun._warn_about_other_backend = _timed(  # pylint: disable=protected-access
+        "other backend check", run.CaptureRun._warn_about_other_backend)  # pylint: disable=protected-access
+    routes.RouteManager.policy_routes = _timed("routes", routes.RouteManager.policy_routes)
+    routes.RouteManager.has_passthrough_v6 = _timed("routes", routes.RouteManager.has_passthrough_v6)
+    iptables_legacy._in_child = _timed("legacy children (whole)", iptables_legacy._in_child)  # pylint: disable=protected-access
     wrap_children(profile=False)
 
 
@@ -132,7 +135,7 @@ def execute(netns, backend, count):
     params = dict(DEFAULTS, netns=netns, backend=backend,
                   exclude_outbound_ip_ranges=["%s/32" % ipaddress.IPv4Address(base + i) for i in range(count)])
     warnings = []
-    runner = _capture.CaptureRun(params, False, run, shutil.which, warnings.append)
+    runner = run.CaptureRun(params, False, run, shutil.which, warnings.append)
     result = runner.execute()
     return result, warnings
 
@@ -210,7 +213,7 @@ def main():
     parser.add_argument("--json", help="write the timed summary here")
     args = parser.parse_args()
     for name in (args.netns, args.profile_netns):
-        if name is not None and not _nsenter.exists(name):
+        if name is not None and not namespace.exists(name):
             raise SystemExit("no namespace %r" % name)
     instrument()
     summary = {}

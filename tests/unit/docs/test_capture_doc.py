@@ -9,10 +9,8 @@ from __future__ import annotations
 import os
 import re
 
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture_plan import (
-    IPV4,
-    IPV6,
-    CaptureOptions,
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import IPV4, IPV6, CaptureOptions
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.plan import (
     chains_in_order,
     istio_restore_input,
     plan_rules,

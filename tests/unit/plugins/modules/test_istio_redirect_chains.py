@@ -46,7 +46,7 @@ class FakeTarget:
 @pytest.fixture(autouse=True)
 def record_dir(mocker, tmp_path):
     """Keep the ownership record out of /run."""
-    mocker.patch("ansible_collections.meshops.sidecar.plugins.module_utils._ownership_record.RECORD_DIR",
+    mocker.patch("ansible_collections.meshops.sidecar.plugins.module_utils._capture.ownership.RECORD_DIR",
                  str(tmp_path / "run"))
     return tmp_path / "run"
 
@@ -54,8 +54,8 @@ def record_dir(mocker, tmp_path):
 def run_module(mocker, capsys, target, **args):
     mocker.patch("ansible.module_utils.basic.AnsibleModule.run_command", side_effect=target.run_command)
     mocker.patch("ansible.module_utils.basic.AnsibleModule.get_bin_path", side_effect=lambda name, *a, **k: name)
-    mocker.patch("ansible_collections.meshops.sidecar.plugins.module_utils._capture.ssh_session", return_value=None)
-    mocker.patch("ansible_collections.meshops.sidecar.plugins.module_utils._xtables.LegacyBackend.missing",
+    mocker.patch("ansible_collections.meshops.sidecar.plugins.module_utils._capture.run.ssh_session", return_value=None)
+    mocker.patch("ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.iptables_legacy.LegacyBackend.missing",
                  return_value=["python-iptables"])
     with patch_module_args(args):
         with pytest.raises(SystemExit):
@@ -90,7 +90,7 @@ def test_kernel_already_right_means_no_change_and_no_write(mocker, capsys):
     with open(os.path.join(KERNEL, "kitchen-sink.ipv6.nft-save")) as handle:
         save6 = handle.read()
     target = FakeTarget(save4, save6)
-    # The kitchen-sink options (see test__reconcile.py), without TPROXY routes to keep ip output empty.
+    # The kitchen-sink options (see test_reconcile.py), without TPROXY routes to keep ip output empty.
     args = dict(
         inbound_interception_mode="TPROXY", ipv6=True, capture_dns=True, drop_invalid=True,
         dns_servers=["198.18.0.53", "2001:db8::53"], exclude_interfaces=["eth9"],

@@ -21,9 +21,9 @@ import pytest
 from ansible.module_utils import basic
 from ansible.module_utils.testing import patch_module_args
 
-from ansible_collections.meshops.sidecar.plugins.module_utils import _netns_state as st
-from ansible_collections.meshops.sidecar.plugins.module_utils import _netns_system as system
-from ansible_collections.meshops.sidecar.plugins.module_utils import _nsenter
+from ansible_collections.meshops.sidecar.plugins.module_utils._netns import state as st
+from ansible_collections.meshops.sidecar.plugins.module_utils._netns import system
+from ansible_collections.meshops.sidecar.plugins.module_utils._system import namespace
 from ansible_collections.meshops.sidecar.plugins.modules import netns
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "module_utils", "fixtures")
@@ -108,11 +108,11 @@ def machine(monkeypatch, tmp_path):
 
         monkeypatch.setattr(basic.AnsibleModule, "run_command", run_command)
         monkeypatch.setattr(basic.AnsibleModule, "get_bin_path", lambda self, name, required=False, opt_dirs=None: IP)
-        monkeypatch.setattr(_nsenter, "exists", lambda name: fake.now["exists"])
-        monkeypatch.setattr(_nsenter, "is_mounted", lambda name: fake.now["mounted"])
-        monkeypatch.setattr(_nsenter, "entered", lambda name: contextlib.nullcontext())
+        monkeypatch.setattr(namespace, "exists", lambda name: fake.now["exists"])
+        monkeypatch.setattr(namespace, "is_mounted", lambda name: fake.now["mounted"])
+        monkeypatch.setattr(namespace, "entered", lambda name: contextlib.nullcontext())
         monkeypatch.setattr(
-            _nsenter, "in_new_namespace", lambda func, probes: {key: {"value": value} for key, (path, value) in probes.items()}
+            namespace, "in_new_namespace", lambda func, probes: {key: {"value": value} for key, (path, value) in probes.items()}
         )
         monkeypatch.setattr(system, "read_sysctls", lambda sysctls: {s.key: fake.now["sysctls"].get(s.key) for s in sysctls})
         monkeypatch.setattr(
@@ -219,7 +219,7 @@ def test_bad_input_fails_before_looking(machine, capsys, args, message):
 
 def test_unknown_sysctl_fails_before_any_change(machine, capsys, monkeypatch):
     fake = machine(MISSING)
-    monkeypatch.setattr(_nsenter, "in_new_namespace", lambda func, probes: {key: {"errno": 2, "error": "No such file or directory"} for key in probes})
+    monkeypatch.setattr(namespace, "in_new_namespace", lambda func, probes: {key: {"errno": 2, "error": "No such file or directory"} for key in probes})
     result = run_module({"name": "app", "sysctls": {"net.ipv4.no_such_thing": 1}}, capsys)
     assert result["failed"] is True
     assert result["msg"] == "sysctls key 'net.ipv4.no_such_thing' is unknown: there is no /proc/sys/net/ipv4/no_such_thing in a network namespace"

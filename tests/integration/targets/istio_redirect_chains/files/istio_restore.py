@@ -13,7 +13,7 @@ test fixtures), so that a configuration can be checked against Istio's own outpu
 
 OPTIONS.json holds fields of the collection planner's ``CaptureOptions`` (already in Istio's terms:
 numeric ids, CIDRs with a prefix length, ``inbound_ports`` ``"*"`` or a list). The text comes from
-``_capture_plan.istio_restore_input``, which the planner's unit tests compare byte for byte with
+``_capture.plan.istio_restore_input``, which the planner's unit tests compare byte for byte with
 Istio's own golden files. The integration tests load it with the backend's restore tool into a
 fresh namespace, as istio-init would, and compare the kernel's rules with what the module made.
 This deliberately does not use the module's option parsing: only the planner is shared.
@@ -48,11 +48,8 @@ def family(text):
 
 def main():
     add_collection_to_path()
-    from ansible_collections.meshops.sidecar.plugins.module_utils._capture_plan import (  # pylint: disable=import-error
-        CaptureOptions,
-        istio_restore_input,
-        plan_rules,
-    )
+    from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import CaptureOptions
+    from ansible_collections.meshops.sidecar.plugins.module_utils._capture.plan import istio_restore_input, plan_rules
 
     def render(fields):
         if "golden" in fields:

@@ -21,7 +21,7 @@ import os
 import socket
 import struct
 
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture_plan import IPV4, IPV6
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import IPV4, IPV6
 
 PROBE_PORT = 15002  # Istio's iptables probe port
 SO_ORIGINAL_DST = 80  # the same number for SOL_IP and SOL_IPV6 (IP6T_SO_ORIGINAL_DST)

@@ -10,16 +10,14 @@ import os
 
 import pytest
 
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture_plan import (
-    IPV4,
-    IPV6,
-    CaptureOptions,
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import IPV4, IPV6, CaptureOptions
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.plan import (
     chains_in_order,
     istio_restore_input,
     plan_rules,
 )
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "istio")
+FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "istio")
 
 K8S = CaptureOptions()
 VM = CaptureOptions(

@@ -10,9 +10,10 @@ import os
 
 import pytest
 
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture_plan import IPV4, IPV6, CaptureOptions, plan_rules
-from ansible_collections.meshops.sidecar.plugins.module_utils._iptables_text import parse_save
-from ansible_collections.meshops.sidecar.plugins.module_utils._reconcile import (
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import IPV4, IPV6, CaptureOptions
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.plan import plan_rules
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.iptables_text import parse_save
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.reconcile import (
     Op,
     desired_state,
     owned_state,
@@ -22,8 +23,8 @@ from ansible_collections.meshops.sidecar.plugins.module_utils._reconcile import 
     unmarked_rules,
 )
 
-KERNEL = os.path.join(os.path.dirname(__file__), "fixtures", "kernel")
-# The options that produced the kitchen-sink fixtures (see test__iptables_text.py).
+KERNEL = os.path.join(os.path.dirname(__file__), "..", "fixtures", "kernel")
+# The options that produced the kitchen-sink fixtures (see test_iptables_text.py).
 KITCHEN_SINK = CaptureOptions(
     inbound_interception_mode="TPROXY", ipv6=True, capture_dns=True, drop_invalid=True,
     dns_servers=((IPV4, "198.18.0.53"), (IPV6, "2001:db8::53")), exclude_interfaces=("eth9",),

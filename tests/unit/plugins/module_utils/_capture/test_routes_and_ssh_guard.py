@@ -10,9 +10,9 @@ import json
 
 import pytest
 
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture_plan import IPV4, IPV6, CaptureOptions
-from ansible_collections.meshops.sidecar.plugins.module_utils._host_safety import captures_inbound_port
-from ansible_collections.meshops.sidecar.plugins.module_utils._routes import (
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import IPV4, IPV6, CaptureOptions
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.ssh_guard import captures_inbound_port
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.routes import (
     PolicyRoute,
     desired_policy_routes,
     has_passthrough_v6,

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from ansible_collections.meshops.sidecar.plugins.module_utils import _ownership_record as record
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture import ownership as record
 
 CLAIMS = {"ipv4": {("nat", "OUTPUT", "-o eth9 -j RETURN")}, "ipv6": set()}
 

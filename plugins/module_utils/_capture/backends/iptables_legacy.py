@@ -5,15 +5,11 @@
 #
 # Private module utility of meshops.sidecar: no compatibility promise outside this collection.
 
-"""The two iptables backends, and how ``auto`` picks one (as istio-iptables does).
+"""The ``legacy`` backend: python-iptables (libiptc), under the xtables lock.
 
-* ``nft``: the iptables-nft tools. State is read with ``iptables-nft-save`` and a change is one
-  ``iptables-nft-restore --noflush`` run per family: a single nf_tables transaction.
-* ``legacy``: python-iptables (libiptc) in-process, under the xtables lock. libiptc commits a
-  table at a time, so a family's tables are all prepared before any is committed, and tables
-  already committed are put back if a later one fails.
-
-Both read and write the current network namespace: enter it first (``_nsenter.enter``).
+libiptc commits a table at a time, so a family's tables are all prepared before any is
+committed, and tables already committed are put back if a later one fails. It reads and
+writes the current network namespace: enter it first (``_system.namespace``).
 
 libxtables registers an extension for one address family per process: python-iptables cannot
 load, say, TPROXY for IPv4 and then for IPv6 ("target already registered"). So the legacy
@@ -29,56 +25,19 @@ import fcntl
 import importlib
 import importlib.util
 import ipaddress
-import json
 import os
 import socket
 import sys
 import time
 
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture_plan import CAPTURE_TABLES, IPV4
-from ansible_collections.meshops.sidecar.plugins.module_utils._iptables_text import TableDump, parse_rule, parse_save
-from ansible_collections.meshops.sidecar.plugins.module_utils._reconcile import Op, restore_text
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import BackendError
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.iptables_text import TableDump, parse_rule
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import CAPTURE_TABLES, IPV4
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.reconcile import Op
+from ansible_collections.meshops.sidecar.plugins.module_utils._system.child import ChildError, run_in_child
 
 XTABLES_LOCK_TIMEOUT = 30  # seconds, as istio-iptables waits (--wait=30)
 iptc = None  # python-iptables, imported only inside a legacy child process
-
-
-class BackendError(Exception):
-    """A backend is missing, or the kernel refused a change; nothing was changed."""
-
-
-def _tool(family, suffix):
-    return ("iptables" if family == IPV4 else "ip6tables") + suffix
-
-
-class NftBackend:
-    name = "nft"
-
-    def __init__(self, run, which):
-        """``run(argv, data=None) -> (rc, out, err)``; ``which(name) -> path or None``."""
-        self._run = run
-        self._which = which
-
-    def missing(self, families):
-        """Names of the tools this backend needs that the target lacks."""
-        return [tool for family in families for tool in (_tool(family, "-nft-save"), _tool(family, "-nft-restore"))
-                if not self._which(tool)]
-
-    def read(self, family):
-        rc, out, err = self._run([self._which(_tool(family, "-nft-save"))])
-        if rc != 0:
-            raise BackendError("%s failed (rc=%d): %s" % (_tool(family, "-nft-save"), rc, err.strip()))
-        return parse_save(out)
-
-    def apply(self, family, changes):
-        tool = _tool(family, "-nft-restore")
-        rc, out, err = self._run([self._which(tool), "--noflush"], data=restore_text(changes))
-        if rc != 0:
-            raise BackendError("%s --noflush refused the change (rc=%d), nothing was applied: %s"
-                               % (tool, rc, (err or out).strip()))
-
-    def describe(self, family):
-        return "%s --noflush <<EOF" % _tool(family, "-nft-restore")
 
 
 class _XtablesLock:
@@ -117,32 +76,24 @@ def _loaded_legacy_tables(family):
         return set()
 
 
+def _with_iptc(work, *args):
+    """In the child: import python-iptables afresh, then ``work(*args)``; errors come back as BackendError text."""
+    global iptc  # pylint: disable=global-statement
+    try:
+        iptc = _import_iptc()
+        return {"ok": work(*args)}
+    except BackendError as exc:
+        return {"error": str(exc)}
+    except Exception as exc:  # pylint: disable=broad-except  # reported to the parent, which fails cleanly
+        return {"error": "python-iptables: %s: %s" % (type(exc).__name__, exc)}
+
+
 def _in_child(work, *args):
     """Run ``work(*args)`` in a forked child and return its JSON-able result (see the module docstring)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never returns
-        os.close(read_end)
-        try:
-            global iptc  # pylint: disable=global-statement
-            iptc = _import_iptc()
-            result = {"ok": work(*args)}
-        except BackendError as exc:
-            result = {"error": str(exc)}
-        except Exception as exc:  # pylint: disable=broad-except  # reported to the parent, which fails cleanly
-            result = {"error": "python-iptables: %s: %s" % (type(exc).__name__, exc)}
-        with os.fdopen(write_end, "w") as pipe:
-            pipe.write(json.dumps(result))
-        os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end) as pipe:
-        data = pipe.read()
-    os.waitpid(pid, 0)
-    if not data:
-        raise BackendError("the python-iptables worker process died (a crash in libiptc?)")
-    result = json.loads(data)
+    try:
+        result = run_in_child(_with_iptc, work, *args)
+    except ChildError as exc:
+        raise BackendError("the python-iptables worker process died (a crash in libiptc?): %s" % exc)
     if "error" in result:
         raise BackendError(result["error"])
     return result["ok"]
@@ -581,22 +532,3 @@ def _address_tokens(flag, value):
     if network.prefixlen or negated:
         return (["!"] if negated else []) + [flag, "%s/%d" % (network.network_address.compressed, network.prefixlen)]
     return []
-
-
-def select_backend(requested, families, nft, legacy):
-    """Return ``(backend, reason)``: ``auto`` prefers legacy only when legacy already holds rules, else nft."""
-    if requested in ("nft", "legacy"):
-        chosen = nft if requested == "nft" else legacy
-        missing = chosen.missing(families)
-        if missing:
-            raise BackendError("backend=%s: not usable on the target, missing %s" % (requested, ", ".join(missing)))
-        return chosen, "requested"
-    legacy_usable = not legacy.missing(families)
-    if legacy_usable and any(legacy.holds_rules(family) for family in families):
-        return legacy, "legacy tables already hold rules"
-    if not nft.missing(families):
-        return nft, "nft tools present and legacy tables hold no rules"
-    if legacy_usable:
-        return legacy, "nft tools missing (%s)" % ", ".join(nft.missing(families))
-    raise BackendError("backend=auto: neither backend is usable on the target: missing %s"
-                       % ", ".join(nft.missing(families) + legacy.missing(families)))

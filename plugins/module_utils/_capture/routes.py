@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture_plan import IPV4, IPV6
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import IPV4, IPV6
 
 PASSTHROUGH_V6 = "::6"
 

@@ -9,8 +9,8 @@
 
 Ownership does not depend on the options, so ``state: absent`` removes what any earlier options
 created: every ``ISTIO_*`` chain, every rule in a built-in chain that jumps into one, the Istio-only
-rule shapes (``_iptables_text.is_owned_rule``), and the other built-in chain rules the module
-placed, as its ``_ownership_record`` lists them. Foreign rules are never part of a change, and
+rule shapes (``_capture.iptables_text.is_owned_rule``), and the other built-in chain rules the module
+placed, as its ``_capture.ownership`` lists them. Foreign rules are never part of a change, and
 rules of ours are only rewritten where they differ.
 """
 
@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture_plan import BUILTIN_CHAINS, CAPTURE_TABLES
-from ansible_collections.meshops.sidecar.plugins.module_utils._iptables_text import (
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import BUILTIN_CHAINS, CAPTURE_TABLES
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.iptables_text import (
     canonical_args,
     is_owned_chain,
     is_owned_rule,

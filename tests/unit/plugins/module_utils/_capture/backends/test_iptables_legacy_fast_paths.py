@@ -2,7 +2,7 @@
 # Copyright (c) meshops.sidecar contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""The performance shortcuts of _xtables give exactly what the general code gives."""
+"""The performance shortcuts of the legacy backend give exactly what the general code gives."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import struct
 
 import pytest
 
-from ansible_collections.meshops.sidecar.plugins.module_utils import _xtables
-from ansible_collections.meshops.sidecar.plugins.module_utils._iptables_text import parse_rule
-from ansible_collections.meshops.sidecar.plugins.module_utils._xtables import _address_tokens
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import iptables_legacy
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.iptables_text import parse_rule
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.iptables_legacy import _address_tokens
 
 
 def reference(flag, value):
@@ -74,15 +74,15 @@ needs_iptc = pytest.mark.skipif(importlib.util.find_spec("iptc") is None, reason
 
 def build_both_ways(family, rules):
     """In a python-iptables child: per rule, [builder's entry, a new Rule's final_check() + rule, Rule built?]."""
-    builder = _xtables._RuleBuilder(family)
-    new_rule = _xtables._build_rule
+    builder = iptables_legacy._RuleBuilder(family)
+    new_rule = iptables_legacy._build_rule
     built = []
 
     def counted(args, family):
         built.append(args)
         return new_rule(args, family)
 
-    _xtables._build_rule = counted  # in the forked child only
+    iptables_legacy._build_rule = counted  # in the forked child only
     out = []
     for args in rules:
         del built[:]
@@ -164,7 +164,7 @@ IPV6_RULES = [
 @needs_iptc
 @pytest.mark.parametrize("family, rules", [("ipv4", IPV4_RULES), ("ipv6", IPV6_RULES)])
 def test_templated_entries_equal_new_rules(family, rules):
-    results = _xtables._in_child(build_both_ways, family, [args for args, dummy in rules])
+    results = iptables_legacy._in_child(build_both_ways, family, [args for args, dummy in rules])
     for (args, expect_built), (fast, full, built) in zip(rules, results):
         assert fast == full, args
         assert built == expect_built, args
@@ -172,7 +172,7 @@ def test_templated_entries_equal_new_rules(family, rules):
 
 def entry_errors(family, rules):
     """In a python-iptables child: the exception the builder raises for each rule, after a template exists."""
-    builder = _xtables._RuleBuilder(family)
+    builder = iptables_legacy._RuleBuilder(family)
     builder.entry(rules[0])
     errors = []
     for args in rules[1:]:
@@ -193,7 +193,7 @@ def entry_errors(family, rules):
 ])
 def test_addresses_python_iptables_refuses_are_refused(family, rules):
     """The builder gives them to python-iptables, which raises ValueError; ``-d !ADDR`` it takes as negated."""
-    assert _xtables._in_child(entry_errors, family, rules) == ["ValueError", "ValueError", "ValueError", None]
+    assert iptables_legacy._in_child(entry_errors, family, rules) == ["ValueError", "ValueError", "ValueError", None]
 
 
 @pytest.mark.parametrize("args", [
@@ -208,11 +208,11 @@ def test_addresses_python_iptables_refuses_are_refused(family, rules):
 ])
 def test_plain_address_rules_read_as_parse_rule_reads_them(args):
     """The quick reading of ``[!] -s A [!] -d B -j T`` gives what parse_rule gives, or leaves the text to it."""
-    quick = _xtables._plain_address_rule(args)
+    quick = iptables_legacy._plain_address_rule(args)
     if quick is not None:
-        assert quick == _xtables._address_only_shape(parse_rule(args))
+        assert quick == iptables_legacy._address_only_shape(parse_rule(args))
 
 
 def test_quick_reading_is_taken_for_exclusions():
     for args in ("-d 198.18.0.1/32 -j RETURN", "! -d 2001:db8::/32 -j RETURN", "-s ::6/128 ! -d ::1/128 -j RETURN"):
-        assert _xtables._plain_address_rule(args) is not None, args
+        assert iptables_legacy._plain_address_rule(args) is not None, args

@@ -17,9 +17,9 @@ import os
 
 import pytest
 
-from ansible_collections.meshops.sidecar.plugins.module_utils import _netns_state as st
+from ansible_collections.meshops.sidecar.plugins.module_utils._netns import state as st
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures")
 
 
 def fixture(name):

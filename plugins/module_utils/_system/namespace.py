@@ -5,10 +5,10 @@
 #
 # Private module utility of meshops.sidecar: no compatibility promise outside this collection.
 
-"""Named network namespaces: exact lookup, and entering one from inside a module process.
+"""Named network namespaces: exact lookup, entering one, and a throw-away one in a child.
 
 Named namespaces are the objects ``ip netns`` manages: a bind mount of an nsfs inode on
-``/run/netns/NAME``. Both modules of the collection enter them here, in-process with
+``/run/netns/NAME``. Both modules and the boot path enter them here, in-process with
 ``setns(2)``, so that every command they run afterwards (iptables, ip) and every file they
 read under ``/proc/net`` and ``/proc/sys/net`` belongs to that namespace.
 """
@@ -18,31 +18,20 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
-import json
 import os
 from contextlib import contextmanager
 
+from ansible_collections.meshops.sidecar.plugins.module_utils._system.child import ChildError, run_in_child
+from ansible_collections.meshops.sidecar.plugins.module_utils._system.kernel_names import (  # noqa: F401  # re-exported
+    netns_name_error as name_error,
+)
+
 NETNS_RUN_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
-# A namespace name is a file name under /run/netns.
-NAME_MAX = 255
 
 
 class NetnsError(Exception):
     """A namespace could not be found, checked or entered."""
-
-
-def name_error(name):
-    """Return why ``name`` cannot name a network namespace, or None when it can."""
-    if not isinstance(name, str) or name == "":
-        return "must be a non-empty string"
-    if "/" in name or "\0" in name:
-        return "must not contain '/' or NUL"
-    if name in (".", ".."):
-        return "must not be '.' or '..'"
-    if len(name.encode("utf-8")) > NAME_MAX:
-        return "is longer than %d bytes, the longest file name the kernel allows" % NAME_MAX
-    return None
 
 
 def path_of(name):
@@ -146,6 +135,16 @@ def _unshare_net():
         raise OSError(err, os.strerror(err))
 
 
+def _in_unshared(func, args):
+    try:
+        _unshare_net()
+        return {"result": func(*args)}
+    except OSError as exc:
+        return {"errno": exc.errno, "error": exc.strerror or str(exc)}
+    except Exception as exc:  # pylint: disable=broad-except  # reported to the caller
+        return {"errno": None, "error": "%s: %s" % (type(exc).__name__, exc)}
+
+
 def in_new_namespace(func, *args):
     """Return ``func(*args)`` computed in a child process inside a new, empty, unnamed network namespace.
 
@@ -153,40 +152,9 @@ def in_new_namespace(func, *args):
     namespace has, which values the kernel accepts) without touching any real namespace, in check
     mode too. ``func`` must return something ``json`` can encode.
     """
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        status = 0
-        try:
-            os.close(read_end)
-            try:
-                _unshare_net()
-                payload = {"result": func(*args)}
-            except OSError as exc:
-                payload = {"errno": exc.errno, "error": exc.strerror or str(exc)}
-            except Exception as exc:  # pylint: disable=broad-except
-                payload = {"errno": None, "error": "%s: %s" % (type(exc).__name__, exc)}
-            data = json.dumps(payload).encode("utf-8")
-            while data:
-                data = data[os.write(write_end, data):]
-        except BaseException:  # pylint: disable=broad-except
-            status = 1
-        finally:
-            os._exit(status)
-    os.close(write_end)
-    chunks = []
     try:
-        while True:
-            chunk = os.read(read_end, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(read_end)
-        os.waitpid(pid, 0)
-    try:
-        payload = json.loads(b"".join(chunks).decode("utf-8"))
-    except ValueError:
+        payload = run_in_child(_in_unshared, func, args)
+    except ChildError:
         raise NetnsError("the helper process in a new network namespace ended without an answer")
     if "result" not in payload:
         if payload.get("errno") == errno.EPERM:

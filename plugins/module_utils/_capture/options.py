@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture_plan import IPV4, IPV6, CaptureOptions
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import IPV4, IPV6, CaptureOptions
 
 IFNAMSIZ = 15  # longest interface name the kernel takes
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
@@ -211,16 +211,6 @@ def build_options(params, resolve_user, resolve_group, default_dns_servers, dete
         ipv4_loopback_cidr=_loopback_cidr(params["ipv4_loopback_cidr"]),
         drop_invalid=params["drop_invalid"],
     )
-
-
-def parse_resolv_conf(text):
-    """Nameserver addresses of a resolv.conf, in file order (what Istio captures DNS to)."""
-    servers = []
-    for line in text.splitlines():
-        fields = line.split("#")[0].split(";")[0].split()
-        if len(fields) >= 2 and fields[0] == "nameserver":
-            servers.append(fields[1])
-    return servers
 
 
 def has_global_ipv6(if_inet6_text):

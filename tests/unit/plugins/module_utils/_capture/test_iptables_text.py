@@ -10,14 +10,14 @@ import os
 
 import pytest
 
-from ansible_collections.meshops.sidecar.plugins.module_utils._iptables_text import (
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.iptables_text import (
     canonical_args,
     is_owned_rule,
     parse_rule,
     parse_save,
 )
 
-KERNEL = os.path.join(os.path.dirname(__file__), "fixtures", "kernel")
+KERNEL = os.path.join(os.path.dirname(__file__), "..", "fixtures", "kernel")
 
 
 def read(name):

@@ -8,7 +8,7 @@
 """The machine side of the ``netns`` module: read the current state, try sysctls, apply a plan.
 
 Reads are ``ip -json`` commands, ``/etc/netns/NAME/resolv.conf`` and ``/proc/sys/net`` inside the
-namespace (entered with ``_nsenter``). Changes are the plan's steps, run in order; nothing is
+namespace (entered with ``_system.namespace``). Changes are the plan's steps, run in order; nothing is
 changed in check mode. After applying, the state is read again and planned again: anything left
 to do means the kernel did not take what was asked, and is reported as a failure.
 """
@@ -19,8 +19,8 @@ import os
 import shutil
 import tempfile
 
-from ansible_collections.meshops.sidecar.plugins.module_utils import _netns_state as state
-from ansible_collections.meshops.sidecar.plugins.module_utils import _nsenter
+from ansible_collections.meshops.sidecar.plugins.module_utils._netns import state
+from ansible_collections.meshops.sidecar.plugins.module_utils._system import namespace
 
 
 class CommandError(Exception):
@@ -76,11 +76,13 @@ def read_sysctls(sysctls):
 
 
 class NetnsSystem:
-    """Reads and changes one named namespace through ``module.run_command`` and ``_nsenter``."""
+    """Reads and changes one named namespace through a ``_system.commands`` runner and ``_system.namespace``."""
 
-    def __init__(self, module):
-        self.module = module
-        self.ip = module.get_bin_path("ip", required=True)
+    def __init__(self, runner):
+        self.runner = runner
+        self.ip = runner.which("ip")
+        if not self.ip:
+            raise state.StateError("the ip command (iproute2) is not installed on the target")
         self.done = []
 
     # -- reading -----------------------------------------------------------------------------
@@ -88,7 +90,7 @@ class NetnsSystem:
     def run(self, argv, missing_ok=False):
         """Run ``argv`` (its ``ip`` replaced by the real path); return stdout, or None if missing_ok and missing."""
         real = [self.ip if index == 0 and arg == "ip" else arg for index, arg in enumerate(argv)]
-        rc, out, err = self.module.run_command(real, check_rc=False)
+        rc, out, err = self.runner.run(real)
         if rc != 0:
             if missing_ok and any(text in err for text in _MISSING_DEVICE):
                 return None
@@ -102,15 +104,15 @@ class NetnsSystem:
         return out
 
     def read(self, desired):
-        """The :class:`~_netns_state.Current` state of the namespace and of its host side."""
+        """The :class:`~state.Current` state of the namespace and of its host side."""
         name = desired.name
         current = state.Current()
-        listed = _nsenter.exists(name)
-        current.exists = listed and _nsenter.is_mounted(name)
+        listed = namespace.exists(name)
+        current.exists = listed and namespace.is_mounted(name)
         current.stale_file = listed and not current.exists
         uplink = desired.uplink
         host_ip = uplink.host_ip if uplink is not None else ["ip"]
-        if uplink is not None and uplink.peer_netns is not None and not _nsenter.is_mounted(uplink.peer_netns):
+        if uplink is not None and uplink.peer_netns is not None and not namespace.is_mounted(uplink.peer_netns):
             raise state.StateError("uplink.peer_netns=%r: no such network namespace (create it first)" % uplink.peer_netns)
         if uplink is not None:
             found = self.run(host_ip + ["-json", "-d", "addr", "show", "dev", uplink.host_interface], missing_ok=True)
@@ -134,14 +136,14 @@ class NetnsSystem:
         except (FileNotFoundError, NotADirectoryError):
             current.resolv_conf = None
         if current.exists and desired.sysctls and desired.state == "present":
-            with _nsenter.entered(name):
+            with namespace.entered(name):
                 current.sysctls = read_sysctls(desired.sysctls)
         return current
 
     def kernel_values(self, desired, current):
         """Check the wanted sysctls in a scratch namespace; return them as the kernel prints them.
 
-        Raises :class:`~_netns_state.ValidationError` for unknown sysctls and refused values.
+        Raises :class:`~state.ValidationError` for unknown sysctls and refused values.
         """
         if not desired.sysctls or desired.state != "present":
             return {}
@@ -149,7 +151,7 @@ class NetnsSystem:
         if desired.uplink is not None:
             interfaces.add(desired.uplink.interface)
         probes, errors = state.sysctl_probes(desired, interfaces)
-        results = _nsenter.in_new_namespace(probe_sysctls, {key: list(value) for key, value in probes.items()}) if probes else {}
+        results = namespace.in_new_namespace(probe_sysctls, {key: list(value) for key, value in probes.items()}) if probes else {}
         values, more = state.sysctl_results(desired, results)
         errors.extend(more)
         if errors:
@@ -177,7 +179,7 @@ class NetnsSystem:
     @staticmethod
     def _write_sysctl(name, step):
         try:
-            with _nsenter.entered(name):
+            with namespace.entered(name):
                 with open(step.path, "w") as handle:
                     handle.write(step.value)
         except OSError as exc:
@@ -255,18 +257,19 @@ def describe(desired, current):
     return result
 
 
-def run_module(module):
-    """Do what ``module.params`` ask; return the result for ``exit_json`` and the warnings.
+def run_netns(params, check_mode, diff_mode, runner):
+    """Do what ``params`` (the netns module's options) ask; return the result and the warnings.
 
     Raises ``ValidationError`` / ``StateError`` / ``NetnsError`` / ``CommandError`` before any change.
     When a change fails, the ``CommandError`` / ``ApplyError`` raised has ``actions``: what was done.
+    Validate, read, plan, apply, read back: the same steps as ``_capture.run``.
     """
-    desired = state.validate(module.params)
-    system = NetnsSystem(module)
+    desired = state.validate(params)
+    system = NetnsSystem(runner)
     current = system.read(desired)
     kernel_values = system.kernel_values(desired, current)
     plan = state.plan(desired, current, kernel_values)
-    if plan.steps and not module.check_mode:
+    if plan.steps and not check_mode:
         try:
             system.apply(desired, plan)
             current = system.read(desired)
@@ -282,7 +285,8 @@ def run_module(module):
     result = describe(desired, current)
     # The plan has steps exactly when the views differ; a step run without a visible difference still counts.
     result["changed"] = plan.changed or bool(system.done)
-    result["actions"] = [step.describe() for step in plan.steps] if module.check_mode else list(system.done)
-    if module._diff:
+    result["actions"] = [step.describe() for step in plan.steps] if check_mode else list(system.done)
+    result["commands"] = result["actions"]  # what ran, or would run: the same key as istio_redirect_chains
+    if diff_mode:
         result["diff"] = {"before": plan.before, "after": plan.after}
     return result, plan.warnings

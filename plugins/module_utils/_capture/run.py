@@ -18,16 +18,21 @@ import grp
 import os
 import pwd
 
-from ansible_collections.meshops.sidecar.plugins.module_utils import _nsenter, _ownership_record
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture_options import (
+from ansible_collections.meshops.sidecar.plugins.module_utils._system import namespace
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture import ownership
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.options import (
     OptionError,
     build_options,
     has_global_ipv6,
-    parse_resolv_conf,
 )
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture_plan import FAMILIES, IPV4, IPV6, plan_rules
-from ansible_collections.meshops.sidecar.plugins.module_utils._host_safety import captures_inbound_port, ssh_session
-from ansible_collections.meshops.sidecar.plugins.module_utils._reconcile import (
+from ansible_collections.meshops.sidecar.plugins.module_utils._system.resolv_conf import parse_resolv_conf
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import FAMILIES, IPV4, IPV6
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.plan import plan_rules
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.ssh_guard import (
+    captures_inbound_port,
+    ssh_session,
+)
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.reconcile import (
     desired_state,
     owned_state,
     plan_changes,
@@ -35,15 +40,11 @@ from ansible_collections.meshops.sidecar.plugins.module_utils._reconcile import 
     restore_text,
     unmarked_rules,
 )
-from ansible_collections.meshops.sidecar.plugins.module_utils._routes import (
-    RouteManager,
-    desired_policy_routes,
-)
-from ansible_collections.meshops.sidecar.plugins.module_utils._verify import VerifyError, verify_capture
-from ansible_collections.meshops.sidecar.plugins.module_utils._xtables import (
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.routes import RouteManager, desired_policy_routes
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.verify import VerifyError, verify_capture
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import (
     BackendError,
-    LegacyBackend,
-    NftBackend,
+    make_backends,
     select_backend,
 )
 
@@ -82,7 +83,7 @@ def _read_file(path, default=""):
 
 def _netns_inode(name):
     try:
-        return _nsenter.inode_of(name)
+        return namespace.inode_of(name)
     except OSError:
         return None
 
@@ -95,29 +96,29 @@ def default_dns_servers(netns):
 
 
 class CaptureRun:
-    def __init__(self, params, check_mode, run, which, warn, diff_mode=True):
+    def __init__(self, params, check_mode, runner, warn, diff_mode=True):
+        """``runner``: a ``_system.commands`` runner; ``warn(text)`` reports a warning."""
         self.params = params
         self.check_mode = check_mode
         self.diff_mode = diff_mode
-        self.run = run
-        self.which = which
+        self.runner = runner
         self.warn = warn
         self.netns = params.get("netns")
         self.present = params["state"] == "present"
         self.claims = {}  # family -> built-in chain rules of ours that nothing marks as ours
 
     def execute(self):
-        home_inode = _nsenter.inode_of()
+        home_inode = namespace.inode_of()
         # Before entering the target: when this very process carries SSH_CONNECTION (root without
         # become), the session's namespace is the one the process started in.
         session = ssh_session()
         if self.netns is not None:
-            problem = _nsenter.name_error(self.netns)
+            problem = namespace.name_error(self.netns)
             if problem:
                 raise CaptureError("netns=%r: %s" % (self.netns, problem))
             try:
-                _nsenter.enter(self.netns)
-            except _nsenter.NetnsError as exc:
+                namespace.enter(self.netns)
+            except namespace.NetnsError as exc:
                 raise CaptureError("netns=%r: %s" % (self.netns, exc))
         ipv6_kernel = os.path.exists("/proc/net/if_inet6")
 
@@ -138,16 +139,16 @@ class CaptureRun:
             self._refuse_capturing_ssh(opts, session, home_inode)
         families = opts.families if opts else (IPV4,)
 
-        nft = NftBackend(self.run, self.which)
-        legacy = LegacyBackend()
+        backends = make_backends(self.runner)
+        nft, legacy = backends["nft"], backends["legacy"]
         try:
             backend, reason = select_backend(self.params["backend"], families, nft, legacy)
         except BackendError as exc:
             raise CaptureError(str(exc))
 
         plan = plan_rules(opts) if opts else {}
-        record = _ownership_record.record_path(self.netns, _nsenter.inode_of())
-        recorded = _ownership_record.load(record)
+        record = ownership.record_path(self.netns, namespace.inode_of())
+        recorded = ownership.load(record)
         before, after, changes = {}, {}, {}
         for family in FAMILIES:
             wanted = family in plan
@@ -166,7 +167,7 @@ class CaptureRun:
                 changes[family] = family_changes
         self._warn_about_other_backend(backend, nft, legacy, families)
 
-        routes = RouteManager(self.run, ipv6_kernel)
+        routes = RouteManager(self.runner.run, ipv6_kernel)
         try:
             routes_now = routes.policy_routes()
             passthrough_now = routes.has_passthrough_v6()
@@ -227,17 +228,17 @@ class CaptureRun:
         return result
 
     def _keep_record(self, record, recorded, after):
-        """Remember the built-in chain rules of ours that nothing else marks as ours (see _ownership_record)."""
-        _ownership_record.prune(_netns_inode)
+        """Remember the built-in chain rules of ours that nothing else marks as ours (see _capture.ownership)."""
+        ownership.prune(_netns_inode)
         claims = {family: unmarked_rules(state) for family, state in after.items()} if self.present else {}
-        if _ownership_record.dump(claims) != _ownership_record.dump(recorded):
-            _ownership_record.save(record, claims)
+        if ownership.dump(claims) != ownership.dump(recorded):
+            ownership.save(record, claims)
 
     def _refuse_capturing_ssh(self, opts, session, home_inode):
         if session is None:
             return
         port, session_inode = session
-        target_inode = _nsenter.inode_of(self.netns) if self.netns else home_inode
+        target_inode = namespace.inode_of(self.netns) if self.netns else home_inode
         if session_inode == target_inode and captures_inbound_port(opts, port):
             raise CaptureError(
                 "refusing to capture inbound TCP port %d: it carries the SSH session this task runs over, in "

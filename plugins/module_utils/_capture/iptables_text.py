@@ -228,7 +228,7 @@ def is_owned_chain(chain):
 # constant outbound mark 1338 (0x53a) on proxy traffic to the workload, and the DNS conntrack
 # zone of Istio before 1.25. Written in iptables-save's canonical form. Other rules Istio puts in
 # built-in chains (interface RETURNs, TPROXY's connmark rules) are rules anyone may write: those
-# are ours only when _ownership_record lists them.
+# are ours only when _capture.ownership records them.
 _OWNED_BUILTIN_SHAPES = {
     ("mangle", "OUTPUT"): [
         r"! -d \S+ -o lo -p tcp -m owner --(uid|gid)-owner \d+ -j MARK --set-xmark 0x53a/0xffffffff",
@@ -241,7 +241,7 @@ _JUMP_RE = re.compile(r"(^|\s)-(j|g) ISTIO_\S+(\s|$)")
 
 def is_owned_rule(table, chain, args, claimed=frozenset()):
     """True for a rule this collection manages: in an ``ISTIO_*`` chain, a jump into one, an Istio-only shape,
-    or one of the ``(table, chain, args)`` in ``claimed`` (see ``_ownership_record``)."""
+    or one of the ``(table, chain, args)`` in ``claimed`` (see ``_capture.ownership``)."""
     if is_owned_chain(chain) or _JUMP_RE.search(args) or (table, chain, args) in claimed:
         return True
     shape = _OWNED_BUILTIN_RE.get((table, chain))

@@ -7,7 +7,7 @@
 
 """Named network namespaces: desired state, current state, and the plan between them.
 
-Everything here is pure: no ``AnsibleModule``, no commands, no files. ``_netns_system`` reads the
+Everything here is pure: no ``AnsibleModule``, no commands, no files. ``_netns.system`` reads the
 machine into a :class:`Current`, this module compares it with the :class:`Desired` state built
 from the module options, and returns a :class:`Plan`: the ``before``/``after`` views shown as the
 diff, and the ordered steps that turn one into the other. ``changed`` is ``before != after``, and
@@ -21,10 +21,11 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from ansible_collections.meshops.sidecar.plugins.module_utils._nsenter import name_error, path_of
+from ansible_collections.meshops.sidecar.plugins.module_utils._system.kernel_names import IFNAME_MAX, ifname_error
+from ansible_collections.meshops.sidecar.plugins.module_utils._system.resolv_conf import parse_resolv_conf  # noqa: F401  # the netns module reads it
+from ansible_collections.meshops.sidecar.plugins.module_utils._system.namespace import name_error, path_of
 
 # IFNAMSIZ includes the terminating NUL: interface names have at most 15 bytes.
-IFNAME_MAX = 15
 ETC_NETNS_DIR = "/etc/netns"
 PROC_SYS = "/proc/sys"
 RESOLV_CONF_HEADER = (
@@ -93,23 +94,6 @@ class Desired:
     @property
     def path(self):
         return path_of(self.name)
-
-
-def ifname_error(name):
-    """Why ``name`` cannot be a network interface name (the kernel's dev_valid_name()), or None."""
-    if not isinstance(name, str) or name == "":
-        return "must be a non-empty string"
-    if len(name) > IFNAME_MAX:
-        return "is longer than %d characters" % IFNAME_MAX
-    if len(name.encode("utf-8")) > IFNAME_MAX:
-        return "is longer than %d bytes" % IFNAME_MAX
-    if name in (".", ".."):
-        return "must not be '.' or '..'"
-    for char in name:
-        if char in "/:%\0" or char.isspace():
-            # '%' is not forbidden by the kernel, but 'veth%d' is a template it fills in with a number.
-            return "must not contain '/', ':', '%', NUL or white space"
-    return None
 
 
 def _address_list(option, values, errors):
@@ -334,16 +318,6 @@ def resolv_conf_path(name, root=None):
 def render_resolv_conf(nameservers):
     """The whole content of /etc/netns/NAME/resolv.conf for these nameservers."""
     return RESOLV_CONF_HEADER + "".join("nameserver %s\n" % server for server in nameservers)
-
-
-def parse_resolv_conf(text):
-    """Nameserver addresses listed in a resolv.conf text, in order."""
-    servers = []
-    for line in (text or "").splitlines():
-        fields = line.split()
-        if len(fields) >= 2 and fields[0] == "nameserver":
-            servers.append(fields[1])
-    return servers
 
 
 # --------------------------------------------------------------------------------------------

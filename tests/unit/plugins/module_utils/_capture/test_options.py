@@ -10,14 +10,14 @@ import ipaddress
 
 import pytest
 
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture_options import (
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.options import (
     OptionError,
     build_options,
     has_global_ipv6,
     items,
-    parse_resolv_conf,
 )
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture_plan import IPV4, IPV6
+from ansible_collections.meshops.sidecar.plugins.module_utils._system.resolv_conf import parse_resolv_conf
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import IPV4, IPV6
 
 DEFAULTS = dict(
     proxy_port=15001, inbound_capture_port=15006, inbound_tunnel_port=15008, proxy_uid=["1337"], proxy_gid=None,

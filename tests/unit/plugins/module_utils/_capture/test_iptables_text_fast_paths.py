@@ -2,7 +2,7 @@
 # Copyright (c) meshops.sidecar contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""The performance shortcuts of _iptables_text give exactly what the general code gives."""
+"""The performance shortcuts of _capture.iptables_text give exactly what the general code gives."""
 
 from __future__ import annotations
 
@@ -12,8 +12,12 @@ import shlex
 
 import pytest
 
-from ansible_collections.meshops.sidecar.plugins.module_utils import _iptables_text
-from ansible_collections.meshops.sidecar.plugins.module_utils._iptables_text import _address, canonical_args, parse_rule
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture import iptables_text
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.iptables_text import (
+    _address,
+    canonical_args,
+    parse_rule,
+)
 
 
 def reference_address(value, family):
@@ -76,7 +80,7 @@ def test_words_split_as_shlex_does(text):
 
 def _split(text):
     """parse_rule's tokenising: the shortcut when it applies, shlex otherwise."""
-    return text.split() if _iptables_text._PLAIN_WORDS.fullmatch(text) else shlex.split(text)
+    return text.split() if iptables_text._PLAIN_WORDS.fullmatch(text) else shlex.split(text)
 
 
 def test_random_words_split_as_shlex_does():

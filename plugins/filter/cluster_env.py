@@ -11,54 +11,37 @@
 * ``capture_options``: validate and normalise a dict of ``istio_redirect_chains`` options (for example the
   role's ``interception_capture``) so that a mistake fails before anything on the target changes.
 
+The options are checked by the module's own code: its argument spec (with Ansible's own type
+conversions) and its option builder, with controller-side look-ups. Only what is particular to
+``cluster.env`` (shell words, variable names, Istio's environment booleans and defaults) lives here.
 Documentation of each filter is in the ``.yml`` file of the same name next to this one.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 
 from ansible.errors import AnsibleFilterError
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.module_utils.common.text.converters import to_text
+from ansible.module_utils.parsing.convert_bool import boolean
+
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.options import (
+    OptionError,
+    argument_spec,
+    build_options,
+    items,
+    user_name_error,
+)
 
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# A user or group name as useradd/groupadd accept it (plus the trailing '$' of machine accounts).
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*\$?$")
-_UINT32_MAX = 4294967295
-# Routing tables the kernel itself uses: a TPROXY policy route must not land in them.
-_RESERVED_TABLES = {253: "default", 254: "main", 255: "local"}
+# Go's strconv.ParseBool, which Istio reads its environment booleans with.
 _TRUE = frozenset(("1", "t", "T", "TRUE", "true", "True"))
 _FALSE = frozenset(("0", "f", "F", "FALSE", "false", "False"))
 
-# Options of meshops.sidecar.istio_redirect_chains and the kind of value each takes.
-OPTION_KINDS = {
-    "proxy_port": "port",
-    "inbound_capture_port": "port",
-    "inbound_tunnel_port": "port",
-    "proxy_uid": "ids",
-    "proxy_gid": "ids",
-    "inbound_interception_mode": "mode",
-    "tproxy_mark": "mark",
-    "tproxy_route_table": "table",
-    "inbound_ports": "ports_or_all",
-    "exclude_inbound_ports": "ports",
-    "outbound_ip_ranges": "cidrs_or_all",
-    "exclude_outbound_ip_ranges": "cidrs",
-    "outbound_ports": "ports",
-    "exclude_outbound_ports": "ports",
-    "exclude_interfaces": "interfaces",
-    "reroute_virtual_interfaces": "interfaces",
-    "outbound_owner_groups": "groups_or_all",
-    "exclude_outbound_owner_groups": "groups",
-    "capture_dns": "bool",
-    "capture_all_dns": "bool",
-    "dns_servers": "addresses",
-    "ipv6": "bool",
-    "ipv4_loopback_cidr": "loopback4",
-    "drop_invalid": "bool",
-    "verify": "bool",
-}
+# The options a caller may give: the module's, less where it acts and whether rules are wanted.
+OPTION_SPECS = {name: spec for name, spec in argument_spec().items() if name not in ("netns", "state")}
+_DEFAULTS = ArgumentSpecValidator(OPTION_SPECS).validate({}).validated_parameters
 
 # cluster.env variable -> (option, alias variable that overrides it when set, or None).
 # Section 3.4 of the reference: what istio-start.sh exports into pilot-agent istio-iptables.
@@ -96,17 +79,16 @@ ISTIO_DEFAULTS = {
 }
 
 # Capture variables that are read and checked but become no module option.
-_CHECKED_ONLY = {
-    "ENVOY_USER": "name",  # the proxy user: the role reads it
-    "DUAL_STACK": "bool",  # the module programs IPv6 when the namespace has a global IPv6 address
-    "ISTIO_DUAL_STACK": "bool",
-    "NATIVE_NFTABLES": "bool",
-    "FORCE_IPTABLES_BINARY": "binary",
-}
+_ENV_BOOLEANS = ("DUAL_STACK", "ISTIO_DUAL_STACK", "NATIVE_NFTABLES")
+_IPTABLES_BINARIES = ("legacy", "nft")  # FORCE_IPTABLES_BINARY, as Istio's Validate() allows it
 
 
 class _Invalid(ValueError):
     """A value that is not what its option or variable takes; the message says why."""
+
+    def __init__(self, message, option=None):
+        super().__init__(message)
+        self.option = option
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,138 +166,6 @@ def parse_cluster_env(text):
 # Values
 
 
-def _items(value):
-    """A list option's items: a list, or an Istio-style comma-separated string; empty items dropped."""
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple)):
-        items = []
-        for item in value:
-            if isinstance(item, bool) or not isinstance(item, (str, int)):
-                raise _Invalid("item %r is not a string or a number" % (item,))
-            items.extend(_items(str(item)))
-        return items
-    if isinstance(value, bool):
-        raise _Invalid("expected a list or a comma-separated string, got a boolean")
-    if isinstance(value, int):
-        return [str(value)]
-    if not isinstance(value, str):
-        raise _Invalid("expected a list or a comma-separated string")
-    return [item.strip() for item in value.split(",") if item.strip()]
-
-
-def _int(value, what, low, high, allow_hex=False):
-    if isinstance(value, bool):
-        raise _Invalid("%r is not %s" % (value, what))
-    if isinstance(value, int):
-        number = value
-    else:
-        text = str(value).strip()
-        try:
-            if allow_hex and text.lower().startswith("0x"):
-                number = int(text[2:], 16)
-            elif text.isdigit():
-                number = int(text, 10)
-            else:
-                raise ValueError(text)
-        except ValueError:
-            raise _Invalid("%r is not %s" % (value, what))
-    if not low <= number <= high:
-        raise _Invalid("%r is not %s" % (value, what))
-    return number
-
-
-def _port(value):
-    return _int(value, "a port (1-65535)", 1, 65535)
-
-
-def _port_spec(item):
-    """A port or an iptables port range ``FIRST:LAST`` (Istio passes ports to iptables verbatim)."""
-    if ":" in item:
-        first, last = item.split(":", 1)
-        try:
-            low, high = _port(first), _port(last)
-        except _Invalid:
-            raise _Invalid("%r is not a port (1-65535) or a range FIRST:LAST" % item)
-        if low > high:
-            raise _Invalid("%r is not a port range: %d is above %d" % (item, low, high))
-        return "%d:%d" % (low, high)
-    try:
-        return str(_port(item))
-    except _Invalid:
-        raise _Invalid("%r is not a port (1-65535) or a range FIRST:LAST" % item)
-
-
-def _ports(value, allow_all):
-    items = _items(value)
-    if allow_all and items == ["*"]:
-        return ["*"]
-    if "*" in items:
-        raise _Invalid("'*' must be the only item" if allow_all else "'*' is not allowed here")
-    return [_port_spec(item) for item in items]
-
-
-def _cidr(item):
-    # netip.ParsePrefix, which Istio uses, insists on a prefix length and accepts host bits.
-    if "/" not in item:
-        raise _Invalid("%r is not a CIDR: the prefix length (/N) is missing" % item)
-    try:
-        ipaddress.ip_network(item, strict=False)
-    except ValueError:
-        raise _Invalid("%r is not a CIDR" % item)
-    return item
-
-
-def _cidrs(value, allow_all):
-    items = _items(value)
-    if allow_all and items == ["*"]:
-        return ["*"]
-    if "*" in items:
-        raise _Invalid("'*' must be the only item" if allow_all else "'*' is not allowed here")
-    return [_cidr(item) for item in items]
-
-
-def _addresses(value):
-    result = []
-    for item in _items(value):
-        try:
-            ipaddress.ip_address(item)
-        except ValueError:
-            raise _Invalid("%r is not an IP address" % item)
-        result.append(item)
-    return result
-
-
-def _interface(item):
-    # Linux interface names: at most 15 bytes, no '/', ':' or blanks; iptables adds the '+' wildcard.
-    if len(item.encode("utf-8")) > 15 or item in (".", "..") or re.search(r"[/:\s]", item) or "+" in item[:-1]:
-        raise _Invalid("%r is not a network interface name" % item)
-    return item
-
-
-def _ids(value):
-    result = []
-    for item in _items(value):
-        if not (item.isdigit() or _NAME_RE.match(item)):
-            raise _Invalid("%r is not a number or a user/group name" % item)
-        if item.isdigit():
-            _int(item, "an id (0-4294967295)", 0, _UINT32_MAX)
-        result.append(item)
-    return result
-
-
-def _groups(value, allow_all):
-    items = _items(value)
-    if allow_all and items == ["*"]:
-        return ["*"]
-    if "*" in items:
-        raise _Invalid("'*' must be the only item" if allow_all else "'*' is not allowed here")
-    result = _ids(items)
-    if allow_all and len(result) > 64:
-        raise _Invalid("%d groups: at most 64 are allowed (one iptables rule holds them all)" % len(result))
-    return result
-
-
 def _env_bool(value):
     """A boolean as Istio reads it from the environment (Go's strconv.ParseBool)."""
     text = str(value).strip()
@@ -326,84 +176,33 @@ def _env_bool(value):
     raise _Invalid("%r is not a boolean (true or false)" % (value,))
 
 
-def _bool(value):
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    text = str(value).strip()
-    if text in _TRUE or text.lower() in ("yes", "on"):
-        return True
-    if text in _FALSE or text.lower() in ("no", "off"):
-        return False
-    raise _Invalid("%r is not a boolean (true/false)" % (value,))
-
-
-def _mode(value):
-    text = str(value).strip()
-    if text in ("REDIRECT", "TPROXY"):
-        return text
-    raise _Invalid("%r is not an interception mode (REDIRECT or TPROXY)" % (value,))
-
-
-def _mark(value):
-    return _int(value, "a mark (0-4294967295)", 0, _UINT32_MAX, allow_hex=True)
-
-
-def _table(value):
-    number = _int(value, "a routing table (1-4294967295)", 1, _UINT32_MAX)
-    if number in _RESERVED_TABLES:
-        raise _Invalid("%r is the kernel's %r routing table" % (value, _RESERVED_TABLES[number]))
-    return number
-
-
-def _loopback4(value):
-    text = str(value).strip()
-    try:
-        net = ipaddress.IPv4Network(text, strict=False)
-    except ValueError:
-        raise _Invalid("%r is not an IPv4 CIDR" % (value,))
-    if "/" not in text or not net.is_loopback or not 8 <= net.prefixlen <= 32:
-        raise _Invalid("%r is not an IPv4 loopback CIDR with a prefix length of 8 to 32" % (value,))
+def _env_mark(value):
+    """A mark as iptables and ip-rule read it: decimal or 0x hex (the module takes an int)."""
+    text = value.strip()
+    if text.lower().startswith("0x"):
+        try:
+            return int(text[2:], 16)
+        except ValueError:
+            raise _Invalid("%r is not a mark (a number, or 0x and hex digits)" % (value,))
     return text
 
 
-def _name(value):
-    text = str(value).strip()
-    if not _NAME_RE.match(text):
-        raise _Invalid("%r is not a user name" % (value,))
-    return text
+def _env_option(option, value):
+    """A cluster.env value as the option's type (the module's checks come after)."""
+    kind = OPTION_SPECS[option]["type"]
+    if kind == "bool":
+        return _env_bool(value)
+    if option == "tproxy_mark":
+        return _env_mark(value)
+    return value if kind == "list" else value.strip()
 
 
-def _binary(value):
-    text = str(value).strip()
-    if text not in ("legacy", "nft"):
-        raise _Invalid("%r is not an iptables binary choice (legacy or nft)" % (value,))
-    return text
-
-
-_KINDS = {
-    "port": _port,
-    "ports": lambda v: _ports(v, False),
-    "ports_or_all": lambda v: _ports(v, True),
-    "cidrs": lambda v: _cidrs(v, False),
-    "cidrs_or_all": lambda v: _cidrs(v, True),
-    "interfaces": lambda v: [_interface(item) for item in _items(v)],
-    "ids": _ids,
-    "groups": lambda v: _groups(v, False),
-    "groups_or_all": lambda v: _groups(v, True),
-    "addresses": _addresses,
-    "bool": _bool,
-    "mode": _mode,
-    "mark": _mark,
-    "table": _table,
-    "loopback4": _loopback4,
-    "name": _name,
-    "binary": _binary,
-}
-# cluster.env values are environment strings: booleans are read as Istio reads them.
-_ENV_KINDS = dict(_KINDS, bool=_env_bool)
-_SCALAR_KINDS = frozenset(("port", "bool", "mode", "mark", "table", "loopback4", "name", "binary"))
+def _controller_id(name):
+    """Names resolve on the target; here a name only has to be one useradd could create."""
+    problem = user_name_error(name)
+    if problem:
+        raise ValueError("not a number, and %s" % problem.replace("is not a user name", "not a user or group name"))
+    return 0
 
 
 def _env_value(env, name):
@@ -418,30 +217,41 @@ def cluster_env_to_options(env, istio_defaults=True):
     if not isinstance(env, dict):
         raise _Invalid("expected the dict cluster_env_parse returns, got %s" % type(env).__name__)
     options = dict(ISTIO_DEFAULTS) if istio_defaults else {}
+    source = {}  # option -> (variable, value) it came from, to name them when the module's checks fail
     for variable, (option, alias) in ENV_OPTIONS.items():
-        kind = OPTION_KINDS[option]
+        scalar = OPTION_SPECS[option]["type"] != "list"
         # Istio's precedence: an alias variable, when set, overrides the primary one.
         chosen = None
         for name in (variable, alias):
-            if name is None:
-                continue
-            value = _env_value(env, name)
-            if value is None or (kind in _SCALAR_KINDS and value.strip() == ""):
+            value = None if name is None else _env_value(env, name)
+            if value is None or (scalar and value.strip() == ""):
                 continue
             chosen = (name, value)
         if chosen is None:
             continue
-        name, value = chosen
+        source[option] = chosen
         try:
-            options[option] = _ENV_KINDS[kind](value)
+            options[option] = _env_option(option, chosen[1])
         except _Invalid as exc:
-            raise _Invalid("cluster.env: %s=%r: %s" % (name, value, exc))
-    for name, kind in _CHECKED_ONLY.items():
+            raise _Invalid("cluster.env: %s=%r: %s" % (chosen + (exc,)))
+    try:
+        options = _checked(options)
+    except _Invalid as exc:
+        if exc.option not in source:  # an Istio default the module refuses: a bug here, said as it is
+            raise _Invalid("cluster.env: Istio's default %s" % exc)
+        raise _Invalid("cluster.env: %s=%r: %s" % (source[exc.option] + (exc,)))
+
+    envoy_user = _env_value(env, "ENVOY_USER")
+    if envoy_user is not None and envoy_user.strip():
+        problem = user_name_error(envoy_user.strip())
+        if problem:
+            raise _Invalid("cluster.env: ENVOY_USER=%r %s" % (envoy_user, problem))
+    for name in _ENV_BOOLEANS:
         value = _env_value(env, name)
         if value is None or value.strip() == "":
             continue
         try:
-            checked = _ENV_KINDS[kind](value)
+            checked = _env_bool(value)
         except _Invalid as exc:
             raise _Invalid("cluster.env: %s=%r: %s" % (name, value, exc))
         if name == "NATIVE_NFTABLES" and checked:
@@ -450,9 +260,33 @@ def cluster_env_to_options(env, istio_defaults=True):
                 "programs (it writes the iptables rules istio-iptables writes, through the nft or legacy backend); "
                 "remove the variable" % value
             )
-        if name == "FORCE_IPTABLES_BINARY":
-            options["backend"] = checked
+    binary = _env_value(env, "FORCE_IPTABLES_BINARY")
+    if binary is not None and binary.strip():
+        if binary.strip() not in _IPTABLES_BINARIES:
+            raise _Invalid("cluster.env: FORCE_IPTABLES_BINARY=%r: %r is not an iptables binary choice (legacy or nft)"
+                           % (binary, binary))
+        options["backend"] = binary.strip()
     return options
+
+
+def _checked(options):
+    """The given options, checked by the module's argument spec and option builder, and normalised.
+
+    Raises ``_Invalid`` whose ``option`` names the option at fault.
+    """
+    given = {name: value for name, value in options.items() if value is not None}
+    params = dict(_DEFAULTS)
+    for name, value in given.items():
+        # One option at a time, so that Ansible's message can be told with the option's value.
+        result = ArgumentSpecValidator({name: OPTION_SPECS[name]}).validate({name: value})
+        if result.error_messages:
+            raise _Invalid("%s=%r: %s" % (name, value, "; ".join(result.error_messages)), name)
+        params[name] = result.validated_parameters[name]
+    try:
+        build_options(params, _controller_id, _controller_id, lambda: [], lambda: False)
+    except OptionError as exc:
+        raise _Invalid(str(exc), exc.option)
+    return {name: items(params[name]) if OPTION_SPECS[name]["type"] == "list" else params[name] for name in given}
 
 
 def normalise_options(options):
@@ -461,27 +295,14 @@ def normalise_options(options):
         return {}
     if not isinstance(options, dict):
         raise _Invalid("capture options must be a dict, got %s" % type(options).__name__)
-    unknown = sorted(str(key) for key in options if key not in OPTION_KINDS and key != "backend")
+    unknown = sorted(str(key) for key in options if key not in OPTION_SPECS)
     if unknown:
-        raise _Invalid(
-            "unknown capture option(s) %s; known options: %s"
-            % (", ".join(unknown), ", ".join(sorted(list(OPTION_KINDS) + ["backend"])))
-        )
-    result = {}
-    for key, value in options.items():
-        if key == "backend":
-            if value not in ("auto", "nft", "legacy"):
-                raise _Invalid("capture option backend=%r: not one of auto, nft, legacy" % (value,))
-            result[key] = value
-            continue
-        kind = OPTION_KINDS[key]
-        if value is None:
-            continue
-        try:
-            result[key] = _KINDS[kind](value)
-        except _Invalid as exc:
-            raise _Invalid("capture option %s=%r: %s" % (key, value, exc))
-    return result
+        raise _Invalid("unknown capture option(s) %s; known options: %s"
+                       % (", ".join(unknown), ", ".join(sorted(OPTION_SPECS))))
+    try:
+        return _checked(options)
+    except _Invalid as exc:
+        raise _Invalid("capture option %s" % exc)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -499,7 +320,7 @@ def cluster_env_capture(env, istio_defaults=True):
     if isinstance(env, (str, bytes)):
         env = cluster_env_parse(env)
     try:
-        return cluster_env_to_options(env, istio_defaults=_bool(istio_defaults))
+        return cluster_env_to_options(env, istio_defaults=boolean(istio_defaults))
     except _Invalid as exc:
         raise AnsibleFilterError("cluster_env_capture: %s" % exc)
 

@@ -85,15 +85,15 @@ options:
     default: 15008
   proxy_uid:
     description:
-      - Users whose traffic bypasses capture, the proxy's (Istio C(-u)). Numbers are taken as they are; names
-        must exist on the target.
+      - Users whose traffic bypasses capture, the proxy's (Istio C(-u)). Numbers (V(0) to V(4294967294); 4294967295
+        is the kernel's "no id") are taken as they are; names must exist on the target.
       - A list, or an Istio-style comma-separated string.
     type: list
     elements: str
     default: ['1337']
   proxy_gid:
     description:
-      - Groups whose traffic bypasses capture (Istio C(-g)). Numbers or group names.
+      - Groups whose traffic bypasses capture (Istio C(-g)). Numbers (V(0) to V(4294967294)) or group names.
       - When not set, the same values as O(proxy_uid), taken as groups, as Istio does.
     type: list
     elements: str
@@ -129,7 +129,8 @@ options:
   outbound_ip_ranges:
     description:
       - Destination CIDRs whose outbound traffic is captured (Istio C(-i)). V(*) captures all; an empty list none.
-      - Every CIDR needs a prefix length (V(198.18.0.0/15), V(2001:db8::/32)).
+      - Every CIDR needs a prefix length (V(198.18.0.0/15), V(2001:db8::/32)). A zone-scoped address
+        (V(fe80::1%eth0/64)) is refused, since a rule cannot match a zone.
     type: list
     elements: str
     default: ['*']
@@ -153,7 +154,10 @@ options:
     elements: str
     default: []
   exclude_interfaces:
-    description: Interfaces whose traffic is never captured (Istio C(-c)).
+    description:
+      - Interfaces whose traffic is never captured (Istio C(-c)).
+      - Names as the kernel allows them (at most 15 bytes, no C(/), C(:), C(%) or white space, not C(.) or C(..)); a
+        trailing C(+) is iptables' prefix wildcard (V(veth+)).
     type: list
     elements: str
     default: []
@@ -161,6 +165,7 @@ options:
     description:
       - Interfaces whose incoming traffic is treated as outbound and sent to the proxy (Istio C(-k),
         C(KUBE_VIRT_INTERFACES)), for example V(docker0) for containers on a meshed VM.
+      - Names as for O(exclude_interfaces).
     type: list
     elements: str
     default: []
@@ -171,7 +176,9 @@ options:
     elements: str
     default: ['*']
   exclude_outbound_owner_groups:
-    description: Groups whose outbound traffic is not captured (C(ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE)).
+    description:
+      - Groups whose outbound traffic is not captured (C(ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE)).
+      - Numbers (V(0) to V(4294967294)) or group names, as for O(proxy_gid).
     type: list
     elements: str
     default: []
@@ -189,7 +196,7 @@ options:
     description:
       - Nameservers whose DNS traffic is captured with O(capture_dns).
       - When not set, those of the namespace's resolv.conf (C(/etc/netns/NAME/resolv.conf) if present, else
-        C(/etc/resolv.conf)). An empty list means none.
+        C(/etc/resolv.conf)). An empty list means none. Zone-scoped addresses (V(fe80::1%eth0)) are refused.
     type: list
     elements: str
   ipv6:
@@ -340,42 +347,14 @@ verification:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.options import argument_spec
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.run import CaptureError, CaptureRun
 from ansible_collections.meshops.sidecar.plugins.module_utils._system.commands import ModuleRunner
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            netns=dict(type="str"),
-            state=dict(type="str", default="present", choices=["present", "absent"]),
-            backend=dict(type="str", default="auto", choices=["auto", "nft", "legacy"]),
-            proxy_port=dict(type="int", default=15001),
-            inbound_capture_port=dict(type="int", default=15006),
-            inbound_tunnel_port=dict(type="int", default=15008),
-            proxy_uid=dict(type="list", elements="str", default=["1337"]),
-            proxy_gid=dict(type="list", elements="str"),
-            inbound_interception_mode=dict(type="str", default="REDIRECT", choices=["REDIRECT", "TPROXY"]),
-            tproxy_mark=dict(type="int", default=1337),
-            tproxy_route_table=dict(type="int", default=133),
-            inbound_ports=dict(type="list", elements="str", default=["*"]),
-            exclude_inbound_ports=dict(type="list", elements="str", default=["15090", "15021", "15020"]),
-            outbound_ip_ranges=dict(type="list", elements="str", default=["*"]),
-            exclude_outbound_ip_ranges=dict(type="list", elements="str", default=[]),
-            outbound_ports=dict(type="list", elements="str", default=[]),
-            exclude_outbound_ports=dict(type="list", elements="str", default=[]),
-            exclude_interfaces=dict(type="list", elements="str", default=[]),
-            reroute_virtual_interfaces=dict(type="list", elements="str", default=[]),
-            outbound_owner_groups=dict(type="list", elements="str", default=["*"]),
-            exclude_outbound_owner_groups=dict(type="list", elements="str", default=[]),
-            capture_dns=dict(type="bool", default=False),
-            capture_all_dns=dict(type="bool", default=False),
-            dns_servers=dict(type="list", elements="str"),
-            ipv6=dict(type="bool"),
-            ipv4_loopback_cidr=dict(type="str", default="127.0.0.1/32"),
-            drop_invalid=dict(type="bool", default=False),
-            verify=dict(type="bool", default=False),
-        ),
+        argument_spec=argument_spec(),
         supports_check_mode=True,
     )
     runner = CaptureRun(module.params, module.check_mode, ModuleRunner(module), module.warn, module._diff)

@@ -17,20 +17,84 @@ import ipaddress
 import re
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import IPV4, IPV6, CaptureOptions
+from ansible_collections.meshops.sidecar.plugins.module_utils._system.kernel_names import ifname_error
 
-IFNAMSIZ = 15  # longest interface name the kernel takes
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 # An IPv4 CIDR already in the form ipaddress would print: taken as it is (thousands of exclusions).
 _PLAIN_IPV4_CIDR = re.compile(r"%s(?:\.%s){3}/(?:3[0-2]|[12]?[0-9])" % (_OCTET, _OCTET))
 MAX_OWNER_GROUPS = 64  # Istio's limit for ISTIO_OUTBOUND_OWNER_GROUPS
 # Tables the kernel itself uses for routing (local, main, default); a TPROXY table must be another.
 RESERVED_ROUTE_TABLES = frozenset((253, 254, 255))
+# uid_t/gid_t: (uid_t)-1 = 4294967295 is the kernel's "no id" (setresuid's "unchanged"), never an owner.
+MAX_ID = 4294967294
+# shadow-utils' useradd/groupadd rule: [A-Za-z0-9_.][A-Za-z0-9_.-]*$?, not all digits, not . or ..
+_USER_NAME = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*\$?")
+USER_NAME_MAX = 32  # useradd's limit (the size of utmp's ut_user)
 
-LIST_OPTIONS = (
-    "proxy_uid", "proxy_gid", "inbound_ports", "exclude_inbound_ports", "outbound_ip_ranges",
-    "exclude_outbound_ip_ranges", "outbound_ports", "exclude_outbound_ports", "exclude_interfaces",
-    "reroute_virtual_interfaces", "outbound_owner_groups", "exclude_outbound_owner_groups", "dns_servers",
-)
+# The one schema of the capture options: what the rules are made of. The module's argument spec,
+# the role's meta/argument_specs.yml (checked by a unit test) and the controller-side filters all
+# come from here. Names, types and defaults are the public contract.
+_STR_LIST = dict(type="list", elements="str")
+CAPTURE_OPTION_SPECS = {
+    "proxy_port": dict(type="int", default=15001),
+    "inbound_capture_port": dict(type="int", default=15006),
+    "inbound_tunnel_port": dict(type="int", default=15008),
+    "proxy_uid": dict(_STR_LIST, default=["1337"]),
+    "proxy_gid": dict(_STR_LIST),
+    "inbound_interception_mode": dict(type="str", default="REDIRECT", choices=["REDIRECT", "TPROXY"]),
+    "tproxy_mark": dict(type="int", default=1337),
+    "tproxy_route_table": dict(type="int", default=133),
+    "inbound_ports": dict(_STR_LIST, default=["*"]),
+    "exclude_inbound_ports": dict(_STR_LIST, default=["15090", "15021", "15020"]),
+    "outbound_ip_ranges": dict(_STR_LIST, default=["*"]),
+    "exclude_outbound_ip_ranges": dict(_STR_LIST, default=[]),
+    "outbound_ports": dict(_STR_LIST, default=[]),
+    "exclude_outbound_ports": dict(_STR_LIST, default=[]),
+    "exclude_interfaces": dict(_STR_LIST, default=[]),
+    "reroute_virtual_interfaces": dict(_STR_LIST, default=[]),
+    "outbound_owner_groups": dict(_STR_LIST, default=["*"]),
+    "exclude_outbound_owner_groups": dict(_STR_LIST, default=[]),
+    "capture_dns": dict(type="bool", default=False),
+    "capture_all_dns": dict(type="bool", default=False),
+    "dns_servers": dict(_STR_LIST),
+    "ipv6": dict(type="bool"),
+    "ipv4_loopback_cidr": dict(type="str", default="127.0.0.1/32"),
+    "drop_invalid": dict(type="bool", default=False),
+}
+# How a task applies the rules and checks them afterwards: options of a run, not of the rules.
+BACKEND_SPEC = dict(type="str", default="auto", choices=["auto", "nft", "legacy"])
+VERIFY_SPEC = dict(type="bool", default=False)
+# Where the module acts, and whether the rules are wanted at all.
+TARGET_SPECS = {
+    "netns": dict(type="str"),
+    "state": dict(type="str", default="present", choices=["present", "absent"]),
+}
+
+LIST_OPTIONS = tuple(name for name, spec in CAPTURE_OPTION_SPECS.items() if spec["type"] == "list")
+
+
+def argument_spec():
+    """The argument spec of ``istio_redirect_chains``: a fresh copy, since AnsibleModule may change it."""
+    spec = {name: dict(value) for name, value in TARGET_SPECS.items()}
+    spec["backend"] = dict(BACKEND_SPEC)
+    spec.update((name, dict(value)) for name, value in CAPTURE_OPTION_SPECS.items())
+    spec["verify"] = dict(VERIFY_SPEC)
+    for value in spec.values():
+        if isinstance(value.get("default"), list):
+            value["default"] = list(value["default"])
+    return spec
+
+
+def user_name_error(name):
+    """Why ``name`` cannot be a user or group name useradd/groupadd create, or None when it can."""
+    if not isinstance(name, str) or name == "":
+        return "must be a non-empty string"
+    if len(name) > USER_NAME_MAX:
+        return "is longer than %d characters" % USER_NAME_MAX
+    if name.isdigit() or name in (".", "..") or not _USER_NAME.fullmatch(name):
+        return ("is not a user name: letters, digits, '_', '.', '-' (not first), an optional final '$', "
+                "not all digits")
+    return None
 
 
 class OptionError(ValueError):
@@ -52,7 +116,7 @@ def items(value):
 
 def _port(option, text):
     """A port ``N`` or a range ``N:M`` (``N-M`` is accepted and written as iptables writes it)."""
-    match = re.match(r"^(\d+)(?:[:-](\d+))?$", text)
+    match = re.fullmatch(r"([0-9]+)(?:[:-]([0-9]+))?", text)
     if not match:
         raise OptionError(option, text, "not a port or a port range like 8000:8100")
     low, high = int(match.group(1)), int(match.group(2) or match.group(1))
@@ -77,6 +141,8 @@ def _cidr(option, text):
     """``(family, text)`` as Istio writes it: the address as given (not masked), in canonical notation."""
     if _PLAIN_IPV4_CIDR.fullmatch(text):
         return IPV4, text
+    if "%" in text:
+        raise OptionError(option, text, "a zone-scoped address (%zone) cannot be matched by a rule; drop the zone")
     if "/" not in text:
         raise OptionError(option, text, "a CIDR needs a prefix length, e.g. %s/32" % text)
     try:
@@ -88,29 +154,41 @@ def _cidr(option, text):
 
 
 def _address(option, text):
+    if "%" in text:
+        raise OptionError(option, text, "a zone-scoped address (%zone) cannot be matched by a rule; drop the zone")
     try:
-        address = ipaddress.ip_address(text.split("%")[0])  # a zone (fe80::1%eth0) is not part of a rule
+        address = ipaddress.ip_address(text)
     except ValueError:
         raise OptionError(option, text, "not an IP address")
     return (IPV4 if address.version == 4 else IPV6), address.compressed
 
 
 def _interface(option, name):
-    if len(name) > IFNAMSIZ:
-        raise OptionError(option, name, "interface names are at most %d characters" % IFNAMSIZ)
-    if "/" in name or re.search(r"\s", name) or name in (".", ".."):
-        raise OptionError(option, name, "not a valid interface name")
+    # iptables' trailing '+' (a prefix wildcard) is a character the kernel allows in a name anyway.
+    problem = ifname_error(name)
+    if problem:
+        raise OptionError(option, name, "not an interface name: it " + problem)
     return name
 
 
 def _ids(option, values, resolve):
-    """Numbers are taken as they are (as Istio does); names must resolve on the target."""
+    """Numbers are taken as they are (as Istio does); names must resolve on the target.
+
+    ``resolve(name)`` returns the id, None when there is no such name, or raises ``ValueError``
+    saying why the name cannot be one (the controller's check, which has no user database).
+    """
     resolved = []
     for value in values:
-        if value.isdigit():
-            resolved.append(str(int(value)))
+        if value.isascii() and value.isdigit():
+            number = int(value)
+            if number > MAX_ID:
+                raise OptionError(option, value, "ids are 0 to %d (4294967295 is the kernel's 'no id')" % MAX_ID)
+            resolved.append(str(number))
             continue
-        number = resolve(value)
+        try:
+            number = resolve(value)
+        except ValueError as exc:
+            raise OptionError(option, value, str(exc))
         if number is None:
             raise OptionError(option, value, "no such %s on the target" % ("user" if option == "proxy_uid" else "group"))
         resolved.append(str(number))

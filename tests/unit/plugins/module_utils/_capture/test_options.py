@@ -11,10 +11,14 @@ import ipaddress
 import pytest
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.options import (
+    CAPTURE_OPTION_SPECS,
+    LIST_OPTIONS,
     OptionError,
+    argument_spec,
     build_options,
     has_global_ipv6,
     items,
+    user_name_error,
 )
 from ansible_collections.meshops.sidecar.plugins.module_utils._system.resolv_conf import parse_resolv_conf
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import IPV4, IPV6
@@ -107,6 +111,24 @@ def test_numbers_are_taken_as_they_are():
     (dict(proxy_uid=[]), "proxy_uid", "[]"),
     (dict(exclude_outbound_ip_ranges=["*"]), "exclude_outbound_ip_ranges", "*"),
     (dict(outbound_owner_groups=[str(g) for g in range(65)]), "outbound_owner_groups", "65"),
+    # The kernel's range of ids: (uid_t)-1 means "no id" and never owns a packet.
+    (dict(proxy_uid=["4294967295"]), "proxy_uid", "4294967295"),
+    (dict(proxy_gid=["4294967295"]), "proxy_gid", "4294967295"),
+    (dict(exclude_outbound_owner_groups=["4294967296"]), "exclude_outbound_owner_groups", "4294967296"),
+    (dict(outbound_owner_groups=["99999999999"]), "outbound_owner_groups", "99999999999"),
+    (dict(proxy_uid=["\u0661\u0662"]), "proxy_uid", "\u0661\u0662"),  # Arabic-Indic digits are a name, not a number
+    # Interface names as the kernel allows them.
+    (dict(exclude_interfaces=["eth0:1"]), "exclude_interfaces", "eth0:1"),
+    (dict(exclude_interfaces=["."]), "exclude_interfaces", "."),
+    (dict(exclude_interfaces=[".."]), "exclude_interfaces", ".."),
+    (dict(exclude_interfaces=["eth 0"]), "exclude_interfaces", "eth 0"),
+    (dict(exclude_interfaces=["\u00e9" * 8]), "exclude_interfaces", "\u00e9" * 8),  # 8 characters, 16 bytes
+    (dict(reroute_virtual_interfaces=["veth%d"]), "reroute_virtual_interfaces", "veth%d"),
+    # Zones: a rule cannot match one, so it must not be dropped silently.
+    (dict(exclude_outbound_ip_ranges=["fe80::1%eth0/64"]), "exclude_outbound_ip_ranges", "fe80::1%eth0/64"),
+    (dict(outbound_ip_ranges=["fe80::%2/10"]), "outbound_ip_ranges", "fe80::%2/10"),
+    (dict(dns_servers=["fe80::53%eth0"], capture_dns=True), "dns_servers", "fe80::53%eth0"),
+    (dict(inbound_ports=["\u0668\u0660"]), "inbound_ports", "\u0668\u0660"),
 ])
 def test_bad_values_name_option_and_value(overrides, option, value):
     message = error(**overrides)
@@ -173,3 +195,45 @@ def test_plain_ipv4_cidrs_are_what_ipaddress_would_print(text):
 @pytest.mark.parametrize("text", ["198.18.0.01/32", "256.1.1.1/8", "1.2.3.4/33", "1.2.3/8"])
 def test_odd_ipv4_cidrs_still_go_through_full_validation(text):
     assert error(exclude_outbound_ip_ranges=[text]).startswith("exclude_outbound_ip_ranges=")
+
+
+def test_largest_ids_and_wildcard_interfaces_are_accepted():
+    opts = build(proxy_uid=["4294967294"], proxy_gid=["0"], exclude_outbound_owner_groups=["4294967294"],
+                 exclude_interfaces=["veth+", "a" * 15], reroute_virtual_interfaces=["+"])
+    assert opts.proxy_uids == ("4294967294",) and opts.proxy_gids == ("0",)
+    assert opts.exclude_outbound_owner_groups == ("4294967294",)
+    assert opts.exclude_interfaces == ("veth+", "a" * 15) and opts.reroute_virtual_interfaces == ("+",)
+
+
+def test_a_resolver_may_say_why_a_name_is_not_one():
+    def refuse(name):
+        raise ValueError("is not a user name")
+
+    with pytest.raises(OptionError) as info:
+        build_options(dict(DEFAULTS, proxy_uid=["bad name"]), refuse, refuse, list, bool)
+    assert str(info.value) == "proxy_uid='bad name': is not a user name"
+
+
+def test_argument_spec_is_the_schema_plus_where_and_how():
+    spec = argument_spec()
+    assert list(spec) == ["netns", "state", "backend"] + list(CAPTURE_OPTION_SPECS) + ["verify"]
+    for name, option in CAPTURE_OPTION_SPECS.items():
+        assert spec[name] == option and spec[name] is not option
+    spec["proxy_uid"]["default"].append("0")  # AnsibleModule may change what it is given
+    assert CAPTURE_OPTION_SPECS["proxy_uid"]["default"] == ["1337"]
+    assert set(LIST_OPTIONS) == {name for name, option in spec.items() if option["type"] == "list"}
+
+
+def test_defaults_of_the_schema_are_what_build_options_is_tested_with():
+    assert {name: option.get("default") for name, option in CAPTURE_OPTION_SPECS.items()} == DEFAULTS
+
+
+@pytest.mark.parametrize("name", ["istio-proxy", "_apt", "w1-proxy", "machine$", "a.b", "1abc", "a" * 32])
+def test_user_names_useradd_accepts(name):
+    assert user_name_error(name) is None
+
+
+@pytest.mark.parametrize("name", ["", "bad user", "-proxy", "a:b", "a/b", "1337", ".", "..", "a$b", "a" * 33,
+                                  "\u00e9t\u00e9", None, 5])
+def test_user_names_useradd_refuses(name):
+    assert user_name_error(name)

@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import FAMILIES
 
 RECORD_DIR = "/run/meshops-sidecar"
 
@@ -28,14 +31,48 @@ def record_path(netns, inode, root=None):
     return os.path.join(root or RECORD_DIR, name)
 
 
-def load(path):
-    """``{family: {(table, chain, args), ...}}`` from the record, or an empty dict when there is none."""
+def load(path, warn=None):
+    """``{family: {(table, chain, args), ...}}`` from the record, or an empty dict when there is none.
+
+    A record that cannot be read or is not of the shape ``dump`` writes claims nothing (the rules
+    it would name are then left as foreign, never removed); ``warn(text)``, when given, is told why.
+    """
     try:
         with open(path) as handle:
-            data = json.load(handle)
-    except (OSError, ValueError):
+            text = handle.read()
+    except FileNotFoundError:
         return {}
-    return {family: {tuple(rule) for rule in rules} for family, rules in data.get("rules", {}).items()}
+    except (OSError, UnicodeDecodeError) as exc:
+        return _unusable(path, warn, "cannot be read (%s)" % exc)
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        return _unusable(path, warn, "is not JSON (%s)" % exc)
+    problem = shape_error(data)
+    if problem:
+        return _unusable(path, warn, problem)
+    return {family: {tuple(rule) for rule in rules} for family, rules in data["rules"].items()}
+
+
+def shape_error(data):
+    """Why ``data`` is not a record as ``dump`` writes it, or None."""
+    if not isinstance(data, dict) or not isinstance(data.get("rules"), dict):
+        return 'is not an object with a "rules" object'
+    for family, rules in data["rules"].items():
+        if family not in FAMILIES:
+            return "names an unknown address family %r" % (family,)
+        if not isinstance(rules, list) or not all(
+                isinstance(rule, list) and len(rule) == 3 and all(isinstance(part, str) for part in rule)
+                for rule in rules):
+            return "does not list %s rules as [table, chain, arguments] strings" % family
+    return None
+
+
+def _unusable(path, warn, problem):
+    if warn is not None:
+        warn("the ownership record %s %s: it is ignored, so rules in built-in chains that only a record can "
+             "say are ours are left in place as someone else's" % (path, problem))
+    return {}
 
 
 def dump(claims):
@@ -43,16 +80,36 @@ def dump(claims):
 
 
 def save(path, claims):
-    """Write the record atomically; remove it when nothing is claimed."""
+    """Write the record atomically and durably; remove it when nothing is claimed.
+
+    A temporary file in the same directory, flushed to disk, then renamed over the record and the
+    directory flushed: a reader, or the next run after a crash, sees the old record or the new one.
+    """
     data = dump(claims)
     if not data["rules"]:
         remove(path)
         return
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    temporary = path + ".tmp"
-    with open(temporary, "w") as handle:
-        json.dump(data, handle, indent=1, sort_keys=True)
-    os.replace(temporary, path)
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile("w", dir=directory, prefix=".%s." % os.path.basename(path),
+                                         suffix=".tmp", delete=False)
+    try:
+        with handle:
+            json.dump(data, handle, indent=1, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        try:
+            os.unlink(handle.name)
+        except OSError:
+            pass
+        raise
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def remove(path):

@@ -7,9 +7,10 @@
 
 """The ``legacy`` backend: python-iptables (libiptc), under the xtables lock.
 
-libiptc commits a table at a time, so a family's tables are all prepared before any is
-committed, and tables already committed are put back if a later one fails. It reads and
-writes the current network namespace: enter it first (``_system.namespace``).
+libiptc commits a table at a time (each commit replaces the whole table at once), so a family's
+tables are all prepared before any is committed, in ``commit_order`` (see docs/failure-safety.md),
+and tables already committed are put back if a later one fails. It reads and writes the current
+network namespace: enter it first (``_system.namespace``).
 
 libxtables registers an extension for one address family per process: python-iptables cannot
 load, say, TPROXY for IPv4 and then for IPv6 ("target already registered"). So the legacy
@@ -31,6 +32,7 @@ import sys
 import time
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import BackendError
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.iptables_nft import commit_order
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.iptables_text import TableDump, parse_rule
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import CAPTURE_TABLES, IPV4
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.reconcile import Op
@@ -151,8 +153,10 @@ class LegacyBackend:
         except BackendError:
             return False
 
-    def apply(self, family, changes):
-        _in_child(_legacy_apply, family, [(table, [op.__dict__ for op in ops]) for table, ops in changes.items()])
+    def apply(self, family, changes, before=None):  # pylint: disable=unused-argument
+        """Apply ``changes`` under the xtables lock; ``before`` is not needed: the child reads the tables it changes."""
+        _in_child(_legacy_apply, family,
+                  [(table, [op.__dict__ for op in changes[table]]) for table in commit_order(changes)])
 
     def describe(self, family):
         return "python-iptables (libiptc), %s, under the xtables lock:" % ("IPv4" if family == IPV4 else "IPv6")
@@ -234,6 +238,7 @@ def _legacy_holds_rules(family):
 
 
 def _legacy_apply(family, changes):
+    """Prepare every table of ``changes`` (in commit order), then commit them one by one."""
     changes = [(table, [Op(**op) for op in ops]) for table, ops in changes]
     with _XtablesLock():
         before = {table: _legacy_rules(family, table) for table, dummy in changes}
@@ -246,35 +251,50 @@ def _legacy_apply(family, changes):
                 _apply_ops(handle, family, ops, before[table])
                 handles.append((table, handle))
         except (iptc.IPTCError, iptc.xtables.XTablesError, ValueError) as exc:
-            raise BackendError("python-iptables could not prepare the change, nothing was applied: %s" % exc)
+            raise BackendError("python-iptables could not prepare the change, no table was committed: nothing "
+                               "changed: %s" % exc)
         committed = []
         for table, handle in handles:
             try:
                 handle.commit()
             except iptc.IPTCError as exc:
-                _put_back(family, committed, before)
-                raise BackendError("the kernel refused the %s table (%s); tables already committed were put "
-                                   "back as they were" % (table, exc))
+                refused = "the kernel refused the %s table (%s)" % (table, exc)
+                if not committed:
+                    raise BackendError("%s; no table was committed: nothing changed" % refused)
+                raise BackendError("%s; %s" % (refused, _put_back(family, committed[::-1], before)))
             committed.append(table)
     return True
 
 
 def _put_back(family, tables, before):
+    """Put ``tables`` back to ``before`` (whole tables, read under the lock we still hold); say how it went."""
+    restored, failed = [], []
     for table in tables:
-        handle = _table(family, table)
-        handle.autocommit = False
-        handle.refresh()
-        now = {chain.name: chain for chain in handle.chains}
-        for name, rules in before[table].items():
-            chain = now.get(name) or handle.create_chain(name)
-            chain.flush()
-            for dummy, rule in rules:
-                chain.append_rule(rule)
-        for name in now:
-            if name not in before[table] and not handle.builtin_chain(name):
-                now[name].flush()
-                handle.delete_chain(name)
-        handle.commit()
+        try:
+            handle = _table(family, table)
+            handle.autocommit = False
+            handle.refresh()
+            now = {chain.name: chain for chain in handle.chains}
+            for name, rules in before[table].items():
+                chain = now.get(name) or handle.create_chain(name)
+                chain.flush()
+                for dummy, rule in rules:
+                    chain.append_rule(rule)
+            for name in now:
+                if name not in before[table] and not handle.builtin_chain(name):
+                    now[name].flush()
+                    handle.delete_chain(name)
+            handle.commit()
+            restored.append(table)
+        except (iptc.IPTCError, iptc.xtables.XTablesError, ValueError) as exc:
+            failed.append("%s (%s)" % (table, exc))
+    done = " and ".join(restored)
+    if not failed:
+        return "table %s had been committed and %s been put back as it was: nothing changed" % (
+            done, "has" if len(restored) == 1 else "have")
+    return "putting back the tables already committed failed for %s: %s still %s the new rules%s; run the task again" % (
+        ", ".join(failed), " and ".join(f.split(" ")[0] for f in failed), "holds" if len(failed) == 1 else "hold",
+        "; %s %s back as it was" % (done, "is" if len(restored) == 1 else "are") if restored else "")
 
 
 def _apply_ops(handle, family, ops, current):

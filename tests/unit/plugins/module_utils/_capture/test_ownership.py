@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture import ownership as record
 
 CLAIMS = {"ipv4": {("nat", "OUTPUT", "-o eth9 -j RETURN")}, "ipv6": set()}
@@ -40,3 +42,32 @@ def test_prune_removes_records_of_namespaces_that_are_gone(tmp_path):
     record.save(record.record_path(None, 5, root), CLAIMS)
     record.prune(live.get, root)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["netns-app-7.json", "ns-5.json"]
+
+
+@pytest.mark.parametrize("text", [
+    "", '{"rules": {"ipv4": [["nat", "PREROUTING", "-i fi0 -j RETURN"]', "[]", '{"rules": 5}', "\x00\xff garbage",
+    '{"other": 1}', '{"rules": []}', '{"rules": {"ipv4": 5}}', '{"rules": {"ipv4": [["nat", "OUTPUT"]]}}',
+    '{"rules": {"ipv4": [["nat", "OUTPUT", 5]]}}', '{"rules": {"ipx": [["nat", "OUTPUT", "-o x -j RETURN"]]}}',
+    '{"rules": {"ipv4": [["nat", "OUTPUT", "-o x -j RETURN"], "nat OUTPUT"]}}',
+])
+def test_a_record_of_any_other_shape_claims_nothing_and_says_why(tmp_path, text):
+    path = tmp_path / "ns-1.json"
+    path.write_bytes(text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text)
+    warnings = []
+    assert record.load(str(path), warnings.append) == {}
+    assert record.load(str(path)) == {}  # the old call still works, without a warning
+    assert len(warnings) == 1 and str(path) in warnings[0] and "ignored" in warnings[0]
+
+
+def test_a_missing_record_is_no_record_and_no_warning(tmp_path):
+    warnings = []
+    assert record.load(str(tmp_path / "ns-1.json"), warnings.append) == {}
+    assert warnings == []
+
+
+def test_the_record_is_replaced_whole_and_leaves_no_temporary_file(tmp_path):
+    path = record.record_path("app", 7, str(tmp_path))
+    record.save(path, CLAIMS)
+    record.save(path, {"ipv4": {("nat", "OUTPUT", "-o eth8 -j RETURN")}})
+    assert record.load(path) == {"ipv4": {("nat", "OUTPUT", "-o eth8 -j RETURN")}}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["netns-app-7.json"]

@@ -1,0 +1,85 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) meshops.sidecar contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+#
+# Private module utility of meshops.sidecar: no compatibility promise outside this collection.
+
+
+"""The ``nftables`` backend: Istio's native ``inet`` tables through the ``nft`` binary.
+
+State is read with one ``nft -j list ruleset`` (one process, whatever the number of tables; the
+JSON is reduced to Istio's tables by ``_capture.nft_reconcile``); a change is one ``nft -f -``
+transaction, all or nothing. Read and write the current network namespace: enter it first.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import BackendError
+
+MIN_VERSION = (1, 0, 1)  # Istio's minimum: older nft lacks what its rules need
+_VERSION = re.compile(r"nftables v(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+def parse_version(text):
+    """``(1, 0, 6)`` from ``nft --version`` output, or None."""
+    match = _VERSION.search(text)
+    if not match:
+        return None
+    return tuple(int(part or 0) for part in match.groups())
+
+
+class NftablesBackend:
+    name = "nftables"
+
+    def __init__(self, runner):
+        """``runner``: ``run(argv, data=None) -> (rc, out, err)`` and ``which(name)`` (``_system.commands``)."""
+        self._runner = runner
+        self._nft = None
+
+    def _binary(self):
+        if self._nft is None:
+            self._nft = self._runner.which("nft")
+        return self._nft
+
+    def missing(self):
+        """What the target lacks for this backend: ``[]``, ``["nft"]``, or the version found if too old."""
+        nft = self._binary()
+        if not nft:
+            return ["nft"]
+        rc, out, err = self._runner.run([nft, "--version"])
+        version = parse_version(out) if rc == 0 else None
+        if version is None:
+            return ["nft >= %s (%s --version gave: %s)" % (_dotted(MIN_VERSION), nft, (out or err).strip())]
+        if version < MIN_VERSION:
+            return ["nft >= %s (found %s)" % (_dotted(MIN_VERSION), _dotted(version))]
+        return []
+
+    def read(self):
+        """The parsed ``nft -j list ruleset`` document (every table; reduce it with ``live_state``)."""
+        rc, out, err = self._runner.run([self._binary(), "-j", "list", "ruleset"])
+        if rc != 0:
+            raise BackendError("nft -j list ruleset failed (rc=%d): %s" % (rc, (err or out).strip()))
+        try:
+            return json.loads(out) if out.strip() else {"nftables": []}
+        except ValueError as exc:
+            raise BackendError("nft -j list ruleset gave no JSON (%s): is nft built with JSON support?" % exc)
+
+    def apply(self, transaction):
+        """Run ``transaction`` (``nft -f`` text) as one transaction; nothing changes if nft refuses it."""
+        if not transaction:
+            return
+        rc, out, err = self._runner.run([self._binary(), "-f", "-"], data=transaction)
+        if rc != 0:
+            raise BackendError("nft -f - refused the change (rc=%d), nothing was applied: %s"
+                               % (rc, (err or out).strip()))
+
+    def describe(self):
+        return "nft -f - <<EOF"
+
+
+def _dotted(version):
+    return ".".join(str(part) for part in version)

@@ -1,0 +1,285 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) meshops.sidecar contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+#
+# Private module utility of meshops.sidecar: no compatibility promise outside this collection.
+
+"""Native nftables reconcile: kernel state and desired tables in one comparable form, and the one
+``nft -f -`` transaction that turns the first into the second. No I/O.
+
+Both sides become ``{table: {chain: Chain(base, rules)}}`` where a rule is the canonical JSON of its
+expressions (``nft -j`` form, counter values and handles dropped). The kernel side comes from
+``nft -j list ruleset``; the desired side from the planner's rule text, through a small translator
+of the rule grammar the planner writes (``rule_expressions``), proven equal to what nft 1.0.6 stores
+by the real-kernel fixtures of the unit tests. ``nft list`` text is never parsed.
+
+Only ``inet`` tables named ``istio-proxy-*`` are ever read or written; a table that differs is
+deleted and recreated in the transaction (its chains, base chain specs and counters start afresh),
+an equal one is not mentioned (counters kept).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections import namedtuple
+
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_plan import (
+    FAMILY,
+    TABLE_PREFIX,
+    add_chain_line,
+)
+
+# ``base`` is None for a regular chain, else ``(type, hook, priority, policy)``.
+Chain = namedtuple("Chain", "base rules")
+TableChange = namedtuple("TableChange", "table action")  # action: "replace" or "delete"
+
+_COUNTER = {"counter": None}
+_VERDICTS = ("return", "accept", "drop")
+_META_KEYS = ("l4proto", "mark", "skuid", "skgid", "iifname", "oifname")
+_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode  # one encoder for 10,000s of rules
+
+
+class RuleSyntaxError(ValueError):
+    """The planner wrote a rule this translator does not know: a bug, never a user error."""
+
+
+def is_istio_table(family, name):
+    return family == FAMILY and name.startswith(TABLE_PREFIX)
+
+
+# --- the kernel side -----------------------------------------------------------------------------
+
+def live_state(document):
+    """Istio's tables from ``nft -j list ruleset`` output (text or parsed) in comparable form."""
+    if isinstance(document, str):
+        document = json.loads(document) if document.strip() else {"nftables": []}
+    state = {}
+    for item in document.get("nftables", ()):
+        if "table" in item:
+            table = item["table"]
+            if is_istio_table(table.get("family"), table.get("name", "")):
+                state.setdefault(table["name"], {})
+        elif "chain" in item:
+            chain = item["chain"]
+            if is_istio_table(chain.get("family"), chain.get("table", "")):
+                base = None
+                if "hook" in chain:
+                    base = (chain.get("type"), chain["hook"], chain.get("prio"), chain.get("policy", "accept"))
+                state.setdefault(chain["table"], {})[chain["name"]] = Chain(base, [])
+        elif "rule" in item:
+            rule = item["rule"]
+            if is_istio_table(rule.get("family"), rule.get("table", "")):
+                chains = state.setdefault(rule["table"], {})
+                chains.setdefault(rule["chain"], Chain(None, [])).rules.append(canonical_rule(rule.get("expr", [])))
+    return {table: {name: Chain(c.base, tuple(c.rules)) for name, c in chains.items()}
+            for table, chains in state.items()}
+
+
+def canonical_rule(exprs):
+    """One rule's expressions as a comparable string: counter values dropped, and the
+    ``meta l4proto tcp`` that a later ``tcp`` match implies dropped (nft versions differ in keeping it)."""
+    out = []
+    for expr in exprs:
+        if "counter" in expr:
+            out.append(_COUNTER)
+            continue
+        match = expr.get("match")
+        if match and match["left"] == {"ct": {"key": "state"}}:
+            right = match["right"]
+            expr = {"match": {"op": "in" if match["op"] in ("==", "in") else match["op"], "left": match["left"],
+                              "right": sorted([right] if isinstance(right, str) else right)}}
+        out.append(expr)
+    protocols = {_payload_protocol(expr) for expr in out} - {None}
+    out = [expr for expr in out if _l4proto_of(expr) not in protocols]
+    return _ENCODE(out)
+
+
+def _payload_protocol(expr):
+    match = expr.get("match")
+    if match and isinstance(match["left"], dict) and "payload" in match["left"]:
+        return match["left"]["payload"].get("protocol")
+    return None
+
+
+def _l4proto_of(expr):
+    """``tcp`` for a ``meta l4proto == tcp`` match, else None."""
+    match = expr.get("match")
+    if match and match["op"] == "==" and match["left"] == {"meta": {"key": "l4proto"}}:
+        return match["right"] if isinstance(match["right"], str) else None
+    return None
+
+
+# --- the desired side ----------------------------------------------------------------------------
+
+def desired_state(tables):
+    """The planner's ``plan_ruleset()`` in the form of ``live_state()``."""
+    cache = {}
+    state = {}
+    for table in tables:
+        chains = {}
+        for chain in table.chains:
+            base = None if chain.base is None else tuple(chain.base) + ("accept",)
+            rules = []
+            rules += [_desired_rule(text, cache) for text in chain.rules]
+            chains[chain.name] = Chain(base, tuple(rules))
+        state[table.name] = chains
+    return state
+
+
+def _desired_rule(text, cache):
+    """``canonical_rule(rule_expressions(text))``, translated once per rule shape: rules that differ
+    only in their one address (thousands of excluded CIDRs) share the translation of a stand-in."""
+    words = text.split(" ")
+    at = [i for i, word in enumerate(words) if "/" in word]  # only CIDRs hold a "/"
+    if len(at) != 1:
+        return canonical_rule(rule_expressions(text))
+    address = words[at[0]]
+    stand_in, stand_in_json = ("::/128", '"::"') if ":" in address else ("0.0.0.0/32", '"0.0.0.0"')
+    words[at[0]] = stand_in
+    shape = " ".join(words)
+    canonical = cache.get(shape)
+    if canonical is None:
+        canonical = cache[shape] = canonical_rule(rule_expressions(shape))
+    return canonical.replace(stand_in_json, _ENCODE(_address(address)), 1)
+
+
+def _words(text):
+    """Split rule text into words; ``{ a, b }`` becomes one word ``{a,b}``, quotes are removed."""
+    words, depth, current = [], 0, []
+    for word in text.split(" "):
+        if word == "{":
+            depth, current = 1, []
+        elif depth and word == "}":
+            words.append("{" + "".join(current) + "}")
+            depth = 0
+        elif depth:
+            current.append(word)
+        else:
+            words.append(word[1:-1] if len(word) > 1 and word[0] == word[-1] == '"' else word)
+    return words
+
+
+def _number(word):
+    if word.startswith("{"):
+        return {"set": [_number(part) for part in word[1:-1].split(",") if part]}
+    if "-" in word:
+        low, high = word.split("-", 1)
+        return {"range": [int(low), int(high)]}
+    return int(word)
+
+
+def _address(word):
+    network = ipaddress.ip_network(word, strict=False)
+    if network.prefixlen == network.max_prefixlen:
+        return str(network.network_address)
+    return {"prefix": {"addr": str(network.network_address), "len": network.prefixlen}}
+
+
+def _match(left, words, i, value):
+    """A match at ``words[i]`` (after its left side): optional ``!=``, then the value."""
+    op = "=="
+    if words[i] == "!=":
+        op, i = "!=", i + 1
+    return {"match": {"op": op, "left": left, "right": value(words[i])}}, i + 1
+
+
+def rule_expressions(text):
+    """The ``nft -j`` expressions of one rule the planner writes (its grammar only)."""
+    words = _words(text)
+    exprs, i = [], 0
+    while i < len(words):
+        word = words[i]
+        nxt = words[i + 1] if i + 1 < len(words) else None
+        if word == "counter":
+            exprs.append(_COUNTER)
+            i += 1
+        elif word in _VERDICTS:
+            exprs.append({word: None})
+            i += 1
+        elif word == "jump":
+            exprs.append({"jump": {"target": nxt}})
+            i += 2
+        elif word == "redirect" and nxt == "to":
+            exprs.append({"redirect": {"port": int(words[i + 2].lstrip(":"))}})
+            i += 3
+        elif word == "tproxy":
+            exprs.append({"tproxy": {"family": nxt, "port": int(words[i + 3].lstrip(":"))}})
+            i += 4
+        elif word == "meta" and nxt == "mark" and words[i + 2] == "set":
+            exprs.append(_mangle({"meta": {"key": "mark"}}, words[i + 3:i + 5]))
+            i += 5 if words[i + 3] == "ct" else 4
+        elif word == "ct" and words[i + 2:i + 3] == ["set"]:
+            exprs.append(_mangle({"ct": {"key": nxt}}, words[i + 3:i + 5]))
+            i += 4
+        elif word == "ct" and nxt == "state":
+            expr, i = _match({"ct": {"key": "state"}}, words, i + 2, lambda w: w.split(","))
+            expr["match"]["op"] = "in" if expr["match"]["op"] == "==" else expr["match"]["op"]
+            exprs.append(expr)
+        elif word == "ct" and nxt == "mark":
+            expr, i = _match({"ct": {"key": "mark"}}, words, i + 2, int)
+            exprs.append(expr)
+        elif word == "meta" and nxt in _META_KEYS:
+            i += 1  # "meta KEY" is the long form of "KEY" for the keys below
+        elif word in _META_KEYS:
+            value = str if word in ("l4proto", "iifname", "oifname") else int
+            expr, i = _match({"meta": {"key": word}}, words, i + 1, value)
+            exprs.append(expr)
+        elif word in ("ip", "ip6") and nxt in ("saddr", "daddr"):
+            expr, i = _match({"payload": {"protocol": word, "field": nxt}}, words, i + 2, _address)
+            exprs.append(expr)
+        elif word in ("tcp", "udp") and nxt in ("sport", "dport"):
+            expr, i = _match({"payload": {"protocol": word, "field": nxt}}, words, i + 2, _number)
+            exprs.append(expr)
+        else:
+            raise RuleSyntaxError("unknown rule syntax at %r in %r" % (word, text))
+    return exprs
+
+
+def _mangle(key, words):
+    """``... set VALUE``: a number, ``mark`` (meta mark) or ``ct mark``."""
+    if words[0] == "ct":
+        value = {"ct": {"key": words[1]}}
+    elif words[0] == "mark":
+        value = {"meta": {"key": "mark"}}
+    else:
+        value = int(words[0])
+    return {"mangle": {"key": key, "value": value}}
+
+
+# --- the change ----------------------------------------------------------------------------------
+
+def plan_changes(desired, live):
+    """``[TableChange]``: tables to replace (missing or different) and to delete (not wanted).
+    Empty when the kernel already holds exactly the desired tables."""
+    changes = [TableChange(name, "replace") for name in desired if live.get(name) != desired[name]]
+    changes += [TableChange(name, "delete") for name in sorted(live) if name not in desired]
+    return changes
+
+
+def transaction_text(changes, tables):
+    """The ``nft -f -`` text of ``changes`` (one transaction), with ``tables`` from ``plan_ruleset()``.
+
+    Every touched table is first made to exist and then deleted, so the text applies whatever the
+    kernel holds by then; a replaced table is then built afresh with its rules in kernel order.
+    """
+    by_name = {table.name: table for table in tables}
+    lines = []
+    for change in changes:
+        qualified = "%s %s" % (FAMILY, change.table)
+        lines += ["add table " + qualified, "delete table " + qualified]
+        if change.action != "replace":
+            continue
+        table = by_name[change.table]
+        lines.append("add table " + qualified)
+        lines += [add_chain_line(table.name, chain.name, chain.base) for chain in table.chains]
+        for chain in table.chains:
+            prefix = "add rule %s %s " % (qualified, chain.name)
+            lines += [prefix + text for text in chain.rules]
+    return "".join(line + "\n" for line in lines)
+
+
+def removal_text(live):
+    """The transaction that removes every Istio table ``live`` holds (``state: absent``)."""
+    return transaction_text(plan_changes({}, live), ())

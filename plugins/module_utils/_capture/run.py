@@ -5,7 +5,7 @@
 #
 # Private module utility of meshops.sidecar: no compatibility promise outside this collection.
 
-"""What ``istio_redirect_chains`` does, start to end: validate, read, plan, compare, apply, verify.
+"""What ``istio_redirect_chains`` does, start to end: validate, read, plan, apply, read back, verify.
 
 Everything is decided before anything is changed: bad options, a missing namespace or tool, or
 an SSH port that would be captured fail with nothing touched. Each address family is then
@@ -17,6 +17,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+from dataclasses import dataclass, field
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._system import namespace
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture import ownership
@@ -95,130 +96,63 @@ def default_dns_servers(netns):
     return parse_resolv_conf(_read_file("/etc/resolv.conf"))
 
 
+@dataclass
+class _FamilyPlan:
+    """Per address family: the planned rules, the owned state before and after, and the changes between."""
+
+    rules: dict
+    before: dict = field(default_factory=dict)
+    after: dict = field(default_factory=dict)
+    changes: dict = field(default_factory=dict)
+
+
+@dataclass
+class _RoutePlan:
+    """Policy routes and ``::6`` on ``lo``: as they are, as wanted after the run, and the commands between."""
+
+    manager: RouteManager
+    now: set
+    passthrough_now: bool
+    wanted: set = field(default_factory=set)
+    passthrough_after: bool = False
+    commands: list = field(default_factory=list)
+
+
 class CaptureRun:
-    def __init__(self, params, check_mode, runner, warn, diff_mode=True):
-        """``runner``: a ``_system.commands`` runner; ``warn(text)`` reports a warning."""
+    """One task: ``execute()`` validates, reads, plans, applies, reads back and verifies, in that order."""
+
+    def __init__(self, params, check_mode, runner, warn, diff_mode=True, find_session=ssh_session):
+        """``runner``: a ``_system.commands`` runner; ``warn(text)`` reports a warning.
+
+        ``find_session()`` gives ``(port, netns_inode)`` of the SSH session this task runs over, or None.
+        """
         self.params = params
         self.check_mode = check_mode
         self.diff_mode = diff_mode
         self.runner = runner
         self.warn = warn
+        self.find_session = find_session
         self.netns = params.get("netns")
         self.present = params["state"] == "present"
         self.claims = {}  # family -> built-in chain rules of ours that nothing marks as ours
+        self.ipv6_kernel = False  # set by _validate, in the target namespace
+        self.backends = {}  # set by _choose_backend
+        self.record, self.recorded = None, {}  # the ownership record's path and content, set by _read
 
     def execute(self):
-        home_inode = namespace.inode_of()
-        # Before entering the target: when this very process carries SSH_CONNECTION (root without
-        # become), the session's namespace is the one the process started in.
-        session = ssh_session()
-        if self.netns is not None:
-            problem = namespace.name_error(self.netns)
-            if problem:
-                raise CaptureError("netns=%r: %s" % (self.netns, problem))
-            try:
-                namespace.enter(self.netns)
-            except namespace.NetnsError as exc:
-                raise CaptureError("netns=%r: %s" % (self.netns, exc))
-        ipv6_kernel = os.path.exists("/proc/net/if_inet6")
-
-        opts = None
-        if self.present:
-            try:
-                opts = build_options(
-                    self.params, _uid_of, _gid_of,
-                    lambda: default_dns_servers(self.netns),
-                    lambda: has_global_ipv6(_read_file("/proc/net/if_inet6")))
-            except OptionError as exc:
-                raise CaptureError(str(exc))
-            if opts.ipv6 and not ipv6_kernel:
-                raise CaptureError("ipv6=true: IPv6 is disabled in this network namespace's kernel")
-            if self.params["capture_dns"] and not opts.redirect_dns:
-                self.warn("capture_dns=true but there are no nameservers to capture (dns_servers is empty and "
-                          "resolv.conf lists none): DNS capture is off, as Istio does")
-            self._refuse_capturing_ssh(opts, session, home_inode)
-        families = opts.families if opts else (IPV4,)
-
-        backends = make_backends(self.runner)
-        nft, legacy = backends["nft"], backends["legacy"]
-        try:
-            backend, reason = select_backend(self.params["backend"], families, nft, legacy)
-        except BackendError as exc:
-            raise CaptureError(str(exc))
-
-        plan = plan_rules(opts) if opts else {}
-        record = ownership.record_path(self.netns, namespace.inode_of())
-        recorded = ownership.load(record)
-        before, after, changes = {}, {}, {}
-        for family in FAMILIES:
-            wanted = family in plan
-            desired = desired_state(plan.get(family, []), family)
-            self.claims[family] = recorded.get(family, set()) | unmarked_rules(desired)
-            try:
-                current = owned_state(backend.read(family), self.claims[family])
-            except BackendError as exc:
-                if wanted:
-                    raise CaptureError(str(exc))
-                continue  # e.g. no IPv6 in this kernel: nothing of ours can be there
-            before[family] = current
-            after[family] = desired
-            family_changes = plan_changes(current, after[family])
-            if family_changes:
-                changes[family] = family_changes
-        self._warn_about_other_backend(backend, nft, legacy, families)
-
-        routes = RouteManager(self.runner.run, ipv6_kernel)
-        try:
-            routes_now = routes.policy_routes()
-            passthrough_now = routes.has_passthrough_v6()
-        except RuntimeError as exc:
-            raise CaptureError("reading routes: %s" % exc)
-        routes_wanted = desired_policy_routes(opts, self.present) if opts else set()
-        passthrough_wanted = bool(opts and opts.ipv6)
-        route_commands = []
-        for stale in sorted(routes_now - routes_wanted):
-            route_commands += stale.delete_commands()
-        for missing in sorted(routes_wanted - routes_now):
-            route_commands += missing.add_commands()
-        if passthrough_wanted and not passthrough_now:
-            route_commands.append(["ip", "-6", "addr", "add", "::6/128", "dev", "lo"])
-        elif not self.present and passthrough_now:
-            route_commands.append(["ip", "-6", "addr", "del", "::6/128", "dev", "lo"])
-
-        commands = []
-        for family in FAMILIES:
-            if family in changes:
-                commands.append(backend.describe(family))
-                commands.extend(restore_text(changes[family]).splitlines())
-                if backend.name == "nft":
-                    commands.append("EOF")
-        commands.extend(" ".join(argv) for argv in route_commands)
-
-        result = {
-            "changed": bool(changes or route_commands),
-            "backend": backend.name,
-            "backend_reason": reason,
-            "ipv6": bool(opts and opts.ipv6),
-            "rules": {family: render_state(after[family]) for family in FAMILIES
-                      if family in plan and family in after},
-            "commands": commands,
-            "diff": {
-                "before": self._describe(before, routes_now, passthrough_now),
-                "after": self._describe(after, routes_wanted if self.present else set(),
-                                        passthrough_wanted or (self.present and passthrough_now)),
-            },
-        }
-        if not self.diff_mode:
-            del result["diff"]  # the before/after text can be large (one line per rule): only when asked for
+        opts = self._validate()
+        backend, reason = self._choose_backend(opts)
+        families = self._plan(opts, self._read(backend))
+        self._warn_about_other_backend(backend, opts.families if opts else (IPV4,))
+        routes = self._routes_plan(opts)
+        result = self._result(opts, backend, reason, families, routes)
         if self.check_mode:
             return result
         if result["changed"]:
-            self._apply(backend, changes, before)
-            try:
-                routes.run_all(route_commands)
-            except RuntimeError as exc:
-                raise CaptureError("the rules were applied, but a route change failed: %s" % exc, **result)
-        self._keep_record(record, recorded, after)
+            self._apply_families(backend, families)
+            self._apply_routes(routes, result)
+            self._read_back(backend, families, routes, result)
+        self._keep_record(families.after)
         if self.params["verify"] and self.present:
             try:
                 result.update(self._verify(opts))
@@ -227,12 +161,180 @@ class CaptureRun:
                 raise
         return result
 
-    def _keep_record(self, record, recorded, after):
+    def _validate(self):
+        """Enter the namespace and build the options (None for absent); fail before anything is read or changed."""
+        home_inode = namespace.inode_of()
+        # Before entering the target: when this very process carries SSH_CONNECTION (root without
+        # become), the session's namespace is the one the process started in.
+        session = self.find_session()
+        if self.netns is not None:
+            problem = namespace.name_error(self.netns)
+            if problem:
+                raise CaptureError("netns=%r: %s" % (self.netns, problem))
+            try:
+                namespace.enter(self.netns)
+            except namespace.NetnsError as exc:
+                raise CaptureError("netns=%r: %s" % (self.netns, exc))
+        self.ipv6_kernel = os.path.exists("/proc/net/if_inet6")
+        if not self.present:
+            return None
+        try:
+            opts = build_options(
+                self.params, _uid_of, _gid_of,
+                lambda: default_dns_servers(self.netns),
+                lambda: has_global_ipv6(_read_file("/proc/net/if_inet6")))
+        except OptionError as exc:
+            raise CaptureError(str(exc))
+        if opts.ipv6 and not self.ipv6_kernel:
+            raise CaptureError("ipv6=true: IPv6 is disabled in this network namespace's kernel")
+        if self.params["capture_dns"] and not opts.redirect_dns:
+            self.warn("capture_dns=true but there are no nameservers to capture (dns_servers is empty and "
+                      "resolv.conf lists none): DNS capture is off, as Istio does")
+        self._refuse_capturing_ssh(opts, session, home_inode)
+        return opts
+
+    def _choose_backend(self, opts):
+        self.backends = make_backends(self.runner)
+        try:
+            return select_backend(self.params["backend"], opts.families if opts else (IPV4,),
+                                  self.backends["nft"], self.backends["legacy"])
+        except BackendError as exc:
+            raise CaptureError(str(exc))
+
+    def _read(self, backend):
+        """``{family: parsed tables}`` as the backend reads them now; a family it cannot read is left out."""
+        self.record = ownership.record_path(self.netns, namespace.inode_of())
+        self.recorded = ownership.load(self.record, self.warn)
+        tables = {}
+        for family in FAMILIES:
+            try:
+                tables[family] = backend.read(family)
+            except BackendError as exc:
+                tables[family] = exc
+        return tables
+
+    def _plan(self, opts, tables):
+        """The owned state before, the desired state after, and the changes between them, per family."""
+        families = _FamilyPlan(plan_rules(opts) if opts else {})
+        for family in FAMILIES:
+            desired = desired_state(families.rules.get(family, []), family)
+            self.claims[family] = self.recorded.get(family, set()) | unmarked_rules(desired)
+            if isinstance(tables[family], BackendError):
+                if family in families.rules:
+                    raise CaptureError(str(tables[family]))
+                continue  # e.g. no IPv6 in this kernel: nothing of ours can be there
+            current = owned_state(tables[family], self.claims[family])
+            families.before[family] = current
+            families.after[family] = desired
+            family_changes = plan_changes(current, desired)
+            if family_changes:
+                families.changes[family] = family_changes
+        return families
+
+    def _routes_plan(self, opts):
+        """The policy routes and ``::6`` now, as wanted, and the ``ip`` commands from one to the other."""
+        manager = RouteManager(self.runner.run, self.ipv6_kernel)
+        try:
+            routes = _RoutePlan(manager, manager.policy_routes(), manager.has_passthrough_v6())
+        except RuntimeError as exc:
+            raise CaptureError("reading routes: %s" % exc)
+        routes.wanted = desired_policy_routes(opts, self.present) if opts else set()
+        passthrough_wanted = bool(opts and opts.ipv6)
+        for stale in sorted(routes.now - routes.wanted):
+            routes.commands += stale.delete_commands()
+        for missing in sorted(routes.wanted - routes.now):
+            routes.commands += missing.add_commands()
+        if passthrough_wanted and not routes.passthrough_now:
+            routes.commands.append(["ip", "-6", "addr", "add", "::6/128", "dev", "lo"])
+        elif not self.present and routes.passthrough_now:
+            routes.commands.append(["ip", "-6", "addr", "del", "::6/128", "dev", "lo"])
+        routes.passthrough_after = passthrough_wanted or (self.present and routes.passthrough_now)
+        return routes
+
+    def _result(self, opts, backend, reason, families, routes):
+        commands = []
+        for family in FAMILIES:
+            if family in families.changes:
+                commands.append(backend.describe(family))
+                commands.extend(restore_text(families.changes[family]).splitlines())
+                if backend.name == "nft":
+                    commands.append("EOF")
+        commands.extend(" ".join(argv) for argv in routes.commands)
+        result = {
+            "changed": bool(families.changes or routes.commands),
+            "backend": backend.name,
+            "backend_reason": reason,
+            "ipv6": bool(opts and opts.ipv6),
+            "rules": {family: render_state(families.after[family]) for family in FAMILIES
+                      if family in families.rules and family in families.after},
+            "commands": commands,
+        }
+        if self.diff_mode:  # the before/after text can be large (one line per rule): only when asked for
+            result["diff"] = {
+                "before": self._describe(families.before, routes.now, routes.passthrough_now),
+                "after": self._describe(families.after, routes.wanted, routes.passthrough_after),
+            }
+        return result
+
+    def _apply_families(self, backend, families):
+        """Each family in one transaction; when a later one fails, put the earlier ones back as they were."""
+        applied = []
+        for family in FAMILIES:
+            if family not in families.changes:
+                continue
+            try:
+                backend.apply(family, families.changes[family])
+            except BackendError as exc:
+                for done in applied:
+                    try:
+                        now = owned_state(backend.read(done), self.claims[done])
+                        backend.apply(done, plan_changes(now, families.before[done]))
+                    except BackendError as undo:
+                        raise CaptureError("%s; putting %s back failed too: %s" % (exc, _FAMILY_TITLE[done], undo))
+                raise CaptureError("%s: %s" % (_FAMILY_TITLE[family], exc))
+            applied.append(family)
+
+    @staticmethod
+    def _apply_routes(routes, result):
+        try:
+            routes.manager.run_all(routes.commands)
+        except RuntimeError as exc:
+            raise CaptureError("the rules were applied, but a route change failed: %s" % exc, **result)
+
+    def _read_back(self, backend, families, routes, result):
+        """Read what was just changed again: the kernel must now hold exactly what was planned."""
+        problems = []
+        for family in families.changes:
+            try:
+                now = owned_state(backend.read(family), self.claims[family])
+            except BackendError as exc:
+                problems.append("%s rules cannot be read back: %s" % (_FAMILY_TITLE[family], exc))
+                continue
+            left = plan_changes(now, families.after[family])
+            if left:
+                problems.append("%s rules differ from the plan; still to change:\n%s"
+                                % (_FAMILY_TITLE[family], restore_text(left)))
+        if routes.commands:
+            try:
+                routes_now = routes.manager.policy_routes()
+                passthrough_now = routes.manager.has_passthrough_v6()
+            except RuntimeError as exc:
+                problems.append("routes cannot be read back: %s" % exc)
+            else:
+                if routes_now != routes.wanted or passthrough_now != routes.passthrough_after:
+                    problems.append("routes and addresses differ from the plan: now\n%swanted\n%s" % (
+                        self._describe({}, routes_now, passthrough_now),
+                        self._describe({}, routes.wanted, routes.passthrough_after)))
+        if problems:
+            raise CaptureError("applied, but reading back found the kernel not as planned: %s"
+                               % "; ".join(problems), **result)
+
+    def _keep_record(self, after):
         """Remember the built-in chain rules of ours that nothing else marks as ours (see _capture.ownership)."""
         ownership.prune(_netns_inode)
         claims = {family: unmarked_rules(state) for family, state in after.items()} if self.present else {}
-        if ownership.dump(claims) != ownership.dump(recorded):
-            ownership.save(record, claims)
+        if ownership.dump(claims) != ownership.dump(self.recorded):
+            ownership.save(self.record, claims)
 
     def _refuse_capturing_ssh(self, opts, session, home_inode):
         if session is None:
@@ -245,7 +347,8 @@ class CaptureRun:
                 "the same network namespace, and new connections to it would go to the proxy. Add %d to "
                 "exclude_inbound_ports (Istio's VM configuration excludes 22), or narrow inbound_ports." % (port, port))
 
-    def _warn_about_other_backend(self, backend, nft, legacy, families):
+    def _warn_about_other_backend(self, backend, families):
+        nft, legacy = self.backends["nft"], self.backends["legacy"]
         other = legacy if backend is nft else nft
         if other.missing(families):
             return
@@ -259,23 +362,6 @@ class CaptureRun:
             if any(not table.is_empty() for table in theirs.values()):
                 self.warn("the %s backend also holds ISTIO_* rules (%s): both rule sets are live in the kernel. "
                           "Remove them with state=absent backend=%s." % (other.name, _FAMILY_TITLE[family], other.name))
-
-    def _apply(self, backend, changes, before):
-        applied = []
-        for family in FAMILIES:
-            if family not in changes:
-                continue
-            try:
-                backend.apply(family, changes[family])
-            except BackendError as exc:
-                for done in applied:  # put earlier families back as they were
-                    try:
-                        now = owned_state(backend.read(done), self.claims[done])
-                        backend.apply(done, plan_changes(now, before[done]))
-                    except BackendError as undo:
-                        raise CaptureError("%s; putting %s back failed too: %s" % (exc, _FAMILY_TITLE[done], undo))
-                raise CaptureError("%s: %s" % (_FAMILY_TITLE[family], exc))
-            applied.append(family)
 
     @staticmethod
     def _describe(states, policy_routes, passthrough):

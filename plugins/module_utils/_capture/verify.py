@@ -16,12 +16,12 @@ leaves the host: every address involved is a loopback one.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import socket
 import struct
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import IPV4, IPV6
+from ansible_collections.meshops.sidecar.plugins.module_utils._system.child import ChildError, run_in_child
 
 PROBE_PORT = 15002  # Istio's iptables probe port
 SO_ORIGINAL_DST = 80  # the same number for SOL_IP and SOL_IPV6 (IP6T_SO_ORIGINAL_DST)
@@ -42,32 +42,29 @@ def _original_dst(conn, family):
     return "[%s]:%d" % (socket.inet_ntop(socket.AF_INET6, address), port)
 
 
-def _connect_as(uid, gid, family, timeout):
-    """Connect from a child that has dropped to ``uid``/``gid``; return ``None`` or an errno name."""
+def _connect_from_child(uid, gid, family, timeout):
+    """In the child: drop to ``uid``/``gid`` and connect; ``None`` or an errno name."""
     target, source = _PROBE[family]
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_end)
-        outcome = None
-        try:
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
-            af = socket.AF_INET if family == IPV4 else socket.AF_INET6
-            with socket.socket(af, socket.SOCK_STREAM) as sock:
-                sock.settimeout(timeout)
-                sock.bind((source, 0))  # not 127.0.0.6 / ::6, which the rules let through
-                sock.connect((target, PROBE_PORT))
-        except OSError as exc:
-            outcome = errno.errorcode.get(exc.errno, str(exc)) if exc.errno else "timeout"
-        os.write(write_end, json.dumps(outcome).encode())
-        os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end) as pipe:
-        outcome = json.loads(pipe.read() or '"probe process died"')
-    os.waitpid(pid, 0)
-    return outcome
+    try:
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+        af = socket.AF_INET if family == IPV4 else socket.AF_INET6
+        with socket.socket(af, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.bind((source, 0))  # not 127.0.0.6 / ::6, which the rules let through
+            sock.connect((target, PROBE_PORT))
+    except OSError as exc:
+        return errno.errorcode.get(exc.errno, str(exc)) if exc.errno else "timeout"
+    return None
+
+
+def _connect_as(uid, gid, family, timeout):
+    """Connect from a child that has dropped to ``uid``/``gid`` (this process keeps root); ``None`` or an errno name."""
+    try:
+        return run_in_child(_connect_from_child, uid, gid, family, timeout)
+    except ChildError:
+        return "probe process died"
 
 
 def verify_capture(family, uid, gid, inbound_port, timeout=5.0):

@@ -2,7 +2,7 @@
 # Copyright (c) meshops.sidecar contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Unit tests of the pure parts of playbooks/files/capture_lab.py (no network, no root)."""
+"""Unit tests of the pure parts of roles/capture_lab/files/capture_lab.py (no network, no root)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import struct
 
 import pytest
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "..", "playbooks", "files", "capture_lab.py")
+SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "..", "roles", "capture_lab", "files", "capture_lab.py")
 
 
 def _load():

@@ -24,7 +24,7 @@ import uuid
 
 import pytest
 
-SCRIPT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", "playbooks", "files", "capture_lab.py"))
+SCRIPT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", "roles", "capture_lab", "files", "capture_lab.py"))
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux") or os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("iptables"),

@@ -6,25 +6,63 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import sys
 
 import pytest
 
 from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.meshops.sidecar.plugins.modules import istio_redirect_chains
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.iptables_text import parse_save
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.run import CaptureRun
 
 KERNEL = os.path.join(os.path.dirname(__file__), "..", "module_utils", "fixtures", "kernel")
 EMPTY_NAT = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n"
 READ_ONLY = ("iptables-nft-save", "ip6tables-nft-save")
 
 
-class FakeTarget:
-    """Answers the commands the module runs; records them."""
+def restore_noflush(save_text, restore_text):
+    """What ``iptables-restore --noflush`` leaves: ``save_text`` with ``restore_text``'s table changes applied."""
+    tables = parse_save(save_text)
+    dump = None
+    for line in restore_text.splitlines():
+        word, dummy, rest = line.partition(" ")
+        if line.startswith("*"):
+            dump = tables.setdefault(line[1:], parse_save("*%s\nCOMMIT\n" % line[1:])[line[1:]])
+        elif line.startswith(":"):  # create, or flush
+            dump.chains[word[1:]] = []
+            dump.policies.setdefault(word[1:], "-")
+        elif word == "-X":
+            del dump.chains[rest], dump.policies[rest]
+        elif word == "-D":
+            chain, dummy, args = rest.partition(" ")
+            dump.chains[chain].remove(args)
+        elif word == "-A":
+            chain, dummy, args = rest.partition(" ")
+            dump.chains[chain].append(args)
+        elif word == "-I":
+            chain, position, args = rest.split(" ", 2)
+            dump.chains[chain].insert(int(position) - 1, args)
+        elif line != "COMMIT":
+            raise AssertionError("unexpected restore line %r" % line)
+    out = []
+    for name, table in tables.items():
+        out.append("*" + name)
+        out += [":%s %s [0:0]" % (chain, table.policies[chain]) for chain in table.chains]
+        out += ["-A %s %s" % (chain, args) for chain, rules in table.chains.items() for args in rules]
+        out.append("COMMIT")
+    return "\n".join(out) + "\n"
 
-    def __init__(self, save4, save6=""):
+
+class FakeTarget:
+    """Answers the commands the module runs, keeps what the restores wrote (``kernel_applies``); records them."""
+
+    def __init__(self, save4, save6="", kernel_applies=True):
         self.saves = {"iptables-nft-save": save4, "ip6tables-nft-save": save6}
+        self.kernel_applies = kernel_applies
         self.calls = []
 
     def run_command(self, args, data=None, binary_data=False, **kwargs):
@@ -33,6 +71,9 @@ class FakeTarget:
         if tool in self.saves:
             return 0, self.saves[tool], ""
         if tool.endswith("-restore"):
+            save = tool.replace("-restore", "-save")
+            if self.kernel_applies:
+                self.saves[save] = restore_noflush(self.saves[save], data)
             return 0, "", ""
         if args[:2] == ["ip", "-json"] or args[:3] == ["ip", "-6", "-json"]:
             return 0, "[]", ""
@@ -54,9 +95,9 @@ def record_dir(mocker, tmp_path):
 def run_module(mocker, capsys, target, **args):
     mocker.patch("ansible.module_utils.basic.AnsibleModule.run_command", side_effect=target.run_command)
     mocker.patch("ansible.module_utils.basic.AnsibleModule.get_bin_path", side_effect=lambda name, *a, **k: name)
-    mocker.patch("ansible_collections.meshops.sidecar.plugins.module_utils._capture.run.ssh_session", return_value=None)
-    mocker.patch("ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.iptables_legacy.LegacyBackend.missing",
-                 return_value=["python-iptables"])
+    # The simulated target: not reached over SSH, and without python-iptables (so the nft tools serve).
+    mocker.patch.object(istio_redirect_chains, "CaptureRun", functools.partial(CaptureRun, find_session=lambda: None))
+    mocker.patch.dict(sys.modules, {"iptc": None})
     with patch_module_args(args):
         with pytest.raises(SystemExit):
             istio_redirect_chains.main()
@@ -122,3 +163,24 @@ def test_absent_removes_with_default_options(mocker, capsys):
     assert "-X ISTIO_OUTPUT_DNS" in restore and "-X ISTIO_TPROXY" in restore
     assert "-A " not in restore and "-I " not in restore
     assert result["changed"] is True
+
+
+def test_apply_reads_back_and_fails_when_the_kernel_did_not_take_the_change(mocker, capsys):
+    target = FakeTarget(EMPTY_NAT, kernel_applies=False)
+    result = run_module(mocker, capsys, target, ipv6=False)
+    assert result["failed"] is True
+    assert result["msg"].startswith("applied, but reading back found the kernel not as planned: IPv4 rules differ")
+    assert "-A OUTPUT -j ISTIO_OUTPUT" in result["msg"]
+    assert result["changed"] is True
+    saves = [args for args, dummy in target.calls if args[0] == "iptables-nft-save"]
+    assert len(saves) == 2  # read, and read back once
+
+
+def test_a_run_with_nothing_to_change_does_not_read_back(mocker, capsys):
+    target = FakeTarget(EMPTY_NAT)
+    run_module(mocker, capsys, target, ipv6=False)
+    target.calls = []
+    result = run_module(mocker, capsys, target, ipv6=False)
+    assert result["changed"] is False
+    assert [args for args, dummy in target.calls if args[0] == "iptables-nft-save"] == [["iptables-nft-save"]]
+    assert target.writes() == []

@@ -117,7 +117,7 @@ def instrument():
     for attr, name in (("build_options", "options"), ("plan_rules", "plan"), ("desired_state", "desired state"),
                        ("owned_state", "owned state"), ("plan_changes", "compare"), ("render_state", "render"),
                        ("restore_text", "render"), ("select_backend", "select backend")):
-        setattr(_capture, attr, _timed(name, getattr(_capture, attr)))
+        setattr(run, attr, _timed(name, getattr(run, attr)))
     namespace.enter = _timed("enter netns", namespace.enter)
     for cls in (iptables_legacy.NftBackend, iptables_legacy.LegacyBackend):
         cls.read = _timed("read rules", cls.read)

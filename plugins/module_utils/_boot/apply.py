@@ -73,8 +73,8 @@ def netns_params(raw):
         raise ApplyJsonError("netns_params must be null or a dict with the namespace's name")
     params = dict(_NETNS_DEFAULTS, **{key: value for key, value in raw.items() if value is not None})
     if params["uplink"] is not None:
-        params["uplink"] = dict(_UPLINK_DEFAULTS, **{key: value for key, value in params["uplink"].items()
-                                                      if value is not None})
+        given = {key: value for key, value in params["uplink"].items() if value is not None}
+        params["uplink"] = dict(_UPLINK_DEFAULTS, **given)
     return params
 
 

@@ -21,9 +21,9 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from ansible_collections.meshops.sidecar.plugins.module_utils._system.kernel_names import IFNAME_MAX, ifname_error
-from ansible_collections.meshops.sidecar.plugins.module_utils._system.resolv_conf import parse_resolv_conf  # noqa: F401  # the netns module reads it
-from ansible_collections.meshops.sidecar.plugins.module_utils._system.namespace import name_error, path_of
+from ansible_collections.meshops.sidecar.plugins.module_utils._system.kernel_names import ifname_error
+from ansible_collections.meshops.sidecar.plugins.module_utils._system.kernel_names import netns_name_error as name_error
+from ansible_collections.meshops.sidecar.plugins.module_utils._system.namespace import path_of
 
 # IFNAMSIZ includes the terminating NUL: interface names have at most 15 bytes.
 ETC_NETNS_DIR = "/etc/netns"

@@ -21,6 +21,7 @@ import tempfile
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._netns import state
 from ansible_collections.meshops.sidecar.plugins.module_utils._system import namespace
+from ansible_collections.meshops.sidecar.plugins.module_utils._system.resolv_conf import parse_resolv_conf
 
 
 class CommandError(Exception):
@@ -245,7 +246,7 @@ def describe(desired, current):
             }
             for link in sorted(current.links, key=lambda link: link.ifindex)
         ],
-        "nameservers": state.parse_resolv_conf(current.resolv_conf) if current.resolv_conf is not None else [],
+        "nameservers": parse_resolv_conf(current.resolv_conf) if current.resolv_conf is not None else [],
     }
     if desired.uplink is not None:
         host = current.host_link

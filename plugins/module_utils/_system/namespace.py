@@ -22,12 +22,11 @@ import os
 from contextlib import contextmanager
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._system.child import ChildError, run_in_child
-from ansible_collections.meshops.sidecar.plugins.module_utils._system.kernel_names import (  # noqa: F401  # re-exported
-    netns_name_error as name_error,
-)
+from ansible_collections.meshops.sidecar.plugins.module_utils._system.kernel_names import netns_name_error
 
 NETNS_RUN_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
+name_error = netns_name_error  # callers that enter a namespace check its name here
 
 
 class NetnsError(Exception):

@@ -131,8 +131,8 @@ class NftBackend:
             left = plan_changes(owned_state(self.read(family), claimed), before)
         except BackendError as exc:
             raise BackendError("%s; table %s had been committed, putting it back failed (%s) and reading it back "
-                               "failed too (%s): run the task again" % (refused, " and ".join(committed),
-                                                                         undo_failure, exc))
+                               "failed too (%s): run the task again"
+                               % (refused, " and ".join(committed), undo_failure, exc))
         raise BackendError("%s; table %s had been committed, putting it back failed (%s): %s; run the task again"
                            % (refused, " and ".join(committed), undo_failure, _left_how(committed, left)))
 

@@ -339,7 +339,8 @@ def test_variables_that_give_no_option(env):
         ({"ISTIO_EXCLUDE_INTERFACES": "eth/0"}, "exclude_interfaces='eth/0': not an interface name"),
         ({"KUBE_VIRT_INTERFACES": "docker0,.."}, "KUBE_VIRT_INTERFACES='docker0,..'"),
         ({"ISTIO_INBOUND_INTERCEPTION_MODE": "tproxy"},
-         "ISTIO_INBOUND_INTERCEPTION_MODE='tproxy': inbound_interception_mode='tproxy': value of inbound_interception_mode must be one of: REDIRECT, TPROXY, got: tproxy"),
+         "ISTIO_INBOUND_INTERCEPTION_MODE='tproxy': inbound_interception_mode='tproxy': value of "
+         "inbound_interception_mode must be one of: REDIRECT, TPROXY, got: tproxy"),
         ({"ISTIO_INBOUND_TPROXY_MARK": "mark"}, "ISTIO_INBOUND_TPROXY_MARK='mark': tproxy_mark='mark': argument 'tproxy_mark' is of type str"),
         ({"ISTIO_INBOUND_TPROXY_MARK": "4294967296"}, "tproxy_mark=4294967296: a mark is 1 to 4294967295"),
         ({"ISTIO_INBOUND_TPROXY_MARK": "0"}, "ISTIO_INBOUND_TPROXY_MARK='0': tproxy_mark=0: a mark is 1"),

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright (c) meshops.sidecar contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
@@ -106,7 +105,7 @@ def sh(*argv, data=None):
 
 
 def new_ns(name):
-    ns = "%s-%s%d" % (PREFIX, name, len(made) + sum(1 for _ in deleted))
+    ns = "%s-%s%d" % (PREFIX, name, len(made) + len(deleted))
     sh("ip", "netns", "add", ns)
     made.append(ns)
     sh("ip", "-n", ns, "link", "set", "lo", "up")
@@ -243,7 +242,7 @@ def test_live_redirect_to_the_outbound_listener():
     try:
         check(listener.stdout.readline().strip() == "ready", "listener did not start")
         sh("ip", "netns", "exec", work, sys.executable, __file__, "--connect", "198.18.200.2", "8080")
-        out, _ = listener.communicate(timeout=10)
+        out = listener.communicate(timeout=10)[0]
         check(out.strip() == "198.18.200.2:8080", "original destination: %r" % out)
     finally:
         if listener.poll() is None:
@@ -258,7 +257,7 @@ def listen(port):
     server.listen(1)
     server.settimeout(10)
     print("ready", flush=True)
-    conn, _ = server.accept()
+    conn = server.accept()[0]
     raw = conn.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
     dst_port, dst_addr = struct.unpack("!H", raw[2:4])[0], socket.inet_ntoa(raw[4:8])
     print("%s:%d" % (dst_addr, dst_port), flush=True)

@@ -18,6 +18,7 @@ import os
 import pytest
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._netns import state as st
+from ansible_collections.meshops.sidecar.plugins.module_utils._system.resolv_conf import parse_resolv_conf
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures")
 
@@ -217,9 +218,9 @@ class TestResolvConf:
 
     def test_parse(self):
         text = "# comment\nsearch example.org\nnameserver 198.18.0.9\nnameserver\tfe80::1%eth0\noptions ndots:2\n"
-        assert st.parse_resolv_conf(text) == ["198.18.0.9", "fe80::1%eth0"]
-        assert st.parse_resolv_conf(st.render_resolv_conf(("198.18.0.1",))) == ["198.18.0.1"]
-        assert st.parse_resolv_conf(None) == []
+        assert parse_resolv_conf(text) == ["198.18.0.9", "fe80::1%eth0"]
+        assert parse_resolv_conf(st.render_resolv_conf(("198.18.0.1",))) == ["198.18.0.1"]
+        assert parse_resolv_conf(None) == []
 
     def test_path(self):
         assert st.resolv_conf_path("app") == "/etc/netns/app/resolv.conf"

@@ -1,6 +1,6 @@
 # Copyright: contributors to the meshops.sidecar collection
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Profile the target side of ``istio_redirect_chains``: ``run.CaptureRun`` run in-process.
+"""Profile the target side of ``istio_redirect_chains``: ``_capture.run.CaptureRun`` run in-process.
 
 The module's own code path, without Ansible around it: a params dict with the module's defaults,
 ``run`` with subprocess (as ``AnsibleModule.run_command``), ``which`` with ``shutil.which``.
@@ -43,10 +43,10 @@ def _collection_root():
 sys.path.insert(0, _collection_root())
 
 # pylint: disable=wrong-import-position
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture import run
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture import run as capture_run
 from ansible_collections.meshops.sidecar.plugins.module_utils._system import namespace
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture import routes
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import iptables_legacy
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import iptables_legacy, iptables_nft
 
 # The module's argument_spec defaults (plugins/modules/istio_redirect_chains.py).
 DEFAULTS = dict(
@@ -117,17 +117,24 @@ def instrument():
     for attr, name in (("build_options", "options"), ("plan_rules", "plan"), ("desired_state", "desired state"),
                        ("owned_state", "owned state"), ("plan_changes", "compare"), ("render_state", "render"),
                        ("restore_text", "render"), ("select_backend", "select backend")):
-        setattr(run, attr, _timed(name, getattr(run, attr)))
+        setattr(capture_run, attr, _timed(name, getattr(capture_run, attr)))
     namespace.enter = _timed("enter netns", namespace.enter)
-    for cls in (iptables_legacy.NftBackend, iptables_legacy.LegacyBackend):
+    for cls in (iptables_nft.NftBackend, iptables_legacy.LegacyBackend):
         cls.read = _timed("read rules", cls.read)
         cls.apply = _timed("apply", cls.apply)
-    run.CaptureRun._warn_about_other_backend = _timed(  # pylint: disable=protected-access
-        "other backend check", run.CaptureRun._warn_about_other_backend)  # pylint: disable=protected-access
+    capture_run.CaptureRun._warn_about_other_backend = _timed(  # pylint: disable=protected-access
+        "other backend check", capture_run.CaptureRun._warn_about_other_backend)  # pylint: disable=protected-access
     routes.RouteManager.policy_routes = _timed("routes", routes.RouteManager.policy_routes)
     routes.RouteManager.has_passthrough_v6 = _timed("routes", routes.RouteManager.has_passthrough_v6)
     iptables_legacy._in_child = _timed("legacy children (whole)", iptables_legacy._in_child)  # pylint: disable=protected-access
     wrap_children(profile=False)
+
+
+class _Runner:
+    """The ``_system.commands`` runner interface over this file's ``run`` and ``shutil.which``."""
+
+    run = staticmethod(lambda argv, data=None: run(argv, data))
+    which = staticmethod(shutil.which)
 
 
 def execute(netns, backend, count):
@@ -135,7 +142,7 @@ def execute(netns, backend, count):
     params = dict(DEFAULTS, netns=netns, backend=backend,
                   exclude_outbound_ip_ranges=["%s/32" % ipaddress.IPv4Address(base + i) for i in range(count)])
     warnings = []
-    runner = run.CaptureRun(params, False, run, shutil.which, warnings.append)
+    runner = capture_run.CaptureRun(params, False, _Runner(), warnings.append)
     result = runner.execute()
     return result, warnings
 

@@ -68,6 +68,7 @@ ENV_OPTIONS = {
     "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE": ("exclude_outbound_owner_groups", None),
     "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR": ("ipv4_loopback_cidr", None),
     "RUN_VALIDATION": ("verify", None),
+    "NATIVE_NFTABLES": ("native_nftables", None),
 }
 
 # Where Istio's default (what istio-iptables does when the variable is not set) differs from the
@@ -79,7 +80,7 @@ ISTIO_DEFAULTS = {
 }
 
 # Capture variables that are read and checked but become no module option.
-_ENV_BOOLEANS = ("DUAL_STACK", "ISTIO_DUAL_STACK", "NATIVE_NFTABLES")
+_ENV_BOOLEANS = ("DUAL_STACK", "ISTIO_DUAL_STACK")
 _IPTABLES_BINARIES = ("legacy", "nft")  # FORCE_IPTABLES_BINARY, as Istio's Validate() allows it
 
 
@@ -251,15 +252,9 @@ def cluster_env_to_options(env, istio_defaults=True):
         if value is None or value.strip() == "":
             continue
         try:
-            checked = _env_bool(value)
+            _env_bool(value)
         except _Invalid as exc:
             raise _Invalid("cluster.env: %s=%r: %s" % (name, value, exc))
-        if name == "NATIVE_NFTABLES" and checked:
-            raise _Invalid(
-                "cluster.env: NATIVE_NFTABLES=%r: Istio's native nftables mode is not what this collection "
-                "programs (it writes the iptables rules istio-iptables writes, through the nft or legacy backend); "
-                "remove the variable" % value
-            )
     binary = _env_value(env, "FORCE_IPTABLES_BINARY")
     if binary is not None and binary.strip():
         if binary.strip() not in _IPTABLES_BINARIES:

@@ -212,6 +212,21 @@ options:
     description: Drop packets conntrack finds invalid instead of letting them reset connections (Istio C(--drop-invalid)).
     type: bool
     default: false
+  native_nftables:
+    description:
+      - Program Istio's native nftables tables instead of iptables rules, as C(istio-iptables --native-nftables)
+        (Helm C(values.global.nativeNftables)) does: C(inet istio-proxy-nat), C(istio-proxy-mangle) and
+        C(istio-proxy-raw), one ruleset for both address families, written in one C(nft -f -) transaction. Needs
+        C(nft) 1.0.1 or later (Istio's minimum).
+      - O(backend) then does not apply and RV(backend) is V(nftables). Every other option keeps its meaning.
+      - Switching in either direction converges in one run and leaves nothing of the other mode - the
+        C(ISTIO_*) iptables rules of the backend O(backend) selects after moving to native, the C(istio-proxy-*)
+        tables after moving back. The new mode's rules are in place before the old ones are removed, so there is
+        no moment without capture.
+      - Only tables named C(inet istio-proxy-*) are read or written; a re-run with the same options writes
+        nothing (counters are kept), and a table that differs from the plan is rebuilt in the same transaction.
+    type: bool
+    default: false
   verify:
     description:
       - After applying, prove with a live connection that capture works, as Istio's C(--run-validation) does. As
@@ -281,7 +296,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 backend:
-  description: The backend used, V(nft) or V(legacy).
+  description: The backend used, V(nft) or V(legacy); V(nftables) with O(native_nftables=true).
   returned: success
   type: str
   sample: nft
@@ -298,6 +313,8 @@ ipv6:
 rules:
   description:
     - The desired rules of ours, per address family (V(ipv4), V(ipv6)), as C(iptables-save) prints them.
+    - With O(native_nftables=true), one key V(nftables): Istio's C(inet) tables in C(nft list ruleset) form
+      (one ruleset serves both families).
     - Empty with O(state=absent).
   returned: success
   type: dict
@@ -314,8 +331,9 @@ rules:
       COMMIT
 commands:
   description:
-    - What ran, or would run in check mode, in C(iptables-restore) form per family (one transaction each), then the
-      C(ip) commands for routes and addresses. Empty when nothing changed.
+    - What ran, or would run in check mode, in C(iptables-restore) form per family (one transaction each), the
+      C(nft -f -) transaction of the native tables, then the C(ip) commands for routes and addresses. Empty when
+      nothing changed.
   returned: success
   type: list
   elements: str

@@ -58,6 +58,7 @@ class CaptureOptions:
     ipv6: bool = False
     ipv4_loopback_cidr: str = "127.0.0.1/32"
     drop_invalid: bool = False
+    native_nftables: bool = False
 
     @property
     def tproxy(self):

@@ -60,6 +60,8 @@ CAPTURE_OPTION_SPECS = {
     "ipv6": dict(type="bool"),
     "ipv4_loopback_cidr": dict(type="str", default="127.0.0.1/32"),
     "drop_invalid": dict(type="bool", default=False),
+    # Istio's --native-nftables: its inet tables instead of iptables rules (see _capture.nft_plan).
+    "native_nftables": dict(type="bool", default=False),
 }
 # How a task applies the rules and checks them afterwards: options of a run, not of the rules.
 BACKEND_SPEC = dict(type="str", default="auto", choices=["auto", "nft", "legacy"])
@@ -288,6 +290,7 @@ def build_options(params, resolve_user, resolve_group, default_dns_servers, dete
         ipv6=ipv6,
         ipv4_loopback_cidr=_loopback_cidr(params["ipv4_loopback_cidr"]),
         drop_invalid=params["drop_invalid"],
+        native_nftables=params["native_nftables"],
     )
 
 

@@ -10,6 +10,12 @@
 Everything is decided before anything is changed: bad options, a missing namespace or tool, or
 an SSH port that would be captured fail with nothing touched. Each address family is then
 applied as one transaction; if a later family fails, the earlier one is put back.
+
+Two modes share the run: the iptables rules (per family, through the nft or legacy backend) and
+Istio's native nftables tables (one ``nft -f -`` transaction for both families). Each run plans
+both: the mode in use gets its rules, the other is planned empty, so a mode switch or
+``state=absent`` leaves nothing of either behind. The wanted mode is applied first, then the other
+is cleared: there is no moment without capture.
 """
 
 from __future__ import annotations
@@ -48,6 +54,10 @@ from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends 
     make_backends,
     select_backend,
 )
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.nftables import NftablesBackend
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture import nft_reconcile
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_plan import plan_ruleset
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_render import render_state as render_tables
 
 _FAMILY_TITLE = {IPV4: "IPv4", IPV6: "IPv6"}
 
@@ -107,6 +117,25 @@ class _FamilyPlan:
 
 
 @dataclass
+class _NativePlan:
+    """Istio's native ``inet istio-proxy-*`` tables: as they are, as wanted, and the transaction between.
+
+    ``before`` and ``after`` are in ``nft_reconcile`` form; ``backend`` is None when the target has no
+    ``nft`` and native mode is not wanted (no native table can exist then).
+    """
+
+    backend: object = None
+    tables: tuple = ()
+    before: dict = field(default_factory=dict)
+    after: dict = field(default_factory=dict)
+    changes: list = field(default_factory=list)
+
+    @property
+    def transaction(self):
+        return nft_reconcile.transaction_text(self.changes, self.tables)
+
+
+@dataclass
 class _RoutePlan:
     """Policy routes and ``::6`` on ``lo``: as they are, as wanted after the run, and the commands between."""
 
@@ -137,21 +166,25 @@ class CaptureRun:
         self.claims = {}  # family -> built-in chain rules of ours that nothing marks as ours
         self.ipv6_kernel = False  # set by _validate, in the target namespace
         self.backends = {}  # set by _choose_backend
+        self.native = False  # native nftables mode wanted; set by execute
         self.record, self.recorded = None, {}  # the ownership record's path and content, set by _read
 
     def execute(self):
         opts = self._validate()
+        self.native = bool(opts and opts.native_nftables)
+        native = self._native_plan(opts)
         backend, reason = self._choose_backend(opts)
         families = self._plan(opts, self._read(backend))
-        self._warn_about_other_backend(backend, opts.families if opts else (IPV4,))
+        if backend is not None:
+            self._warn_about_other_backend(backend, opts.families if opts else (IPV4,))
         routes = self._routes_plan(opts)
-        result = self._result(opts, backend, reason, families, routes)
+        result = self._result(opts, backend, reason, families, native, routes)
         if self.check_mode:
             return result
         if result["changed"]:
-            self._apply_families(backend, families)
+            self._apply_modes(backend, families, native)
             self._apply_routes(routes, result)
-            self._read_back(backend, families, routes, result)
+            self._read_back(backend, families, native, routes, result)
         self._keep_record(families.after)
         if self.params["verify"] and self.present:
             try:
@@ -194,12 +227,42 @@ class CaptureRun:
         return opts
 
     def _choose_backend(self, opts):
+        """The iptables backend, and why. In native mode it only clears ISTIO_* rules: None when unusable."""
         self.backends = make_backends(self.runner)
         try:
-            return select_backend(self.params["backend"], opts.families if opts else (IPV4,),
-                                  self.backends["nft"], self.backends["legacy"])
+            backend, reason = select_backend(self.params["backend"], opts.families if opts else (IPV4,),
+                                             self.backends["nft"], self.backends["legacy"])
         except BackendError as exc:
+            if self.native or not self.present:  # nothing to clear where no backend works
+                return None, "no iptables backend: %s" % exc
             raise CaptureError(str(exc))
+        if self.native:
+            return backend, "native_nftables=true"
+        return backend, reason
+
+    def _native_plan(self, opts):
+        """Istio's inet tables now and as wanted: the plan's tables in native mode, none otherwise."""
+        plan = _NativePlan(NftablesBackend(self.runner))
+        if self.native:
+            missing = plan.backend.missing()
+            if missing:
+                raise CaptureError("native_nftables=true: not usable on the target, missing %s" % ", ".join(missing))
+            try:
+                plan.tables = plan_ruleset(opts)
+            except OptionError as exc:
+                raise CaptureError(str(exc))
+            plan.after = nft_reconcile.desired_state(plan.tables)
+        elif not plan.backend.present():
+            return _NativePlan()  # no nft at all: no native table can be there
+        try:
+            plan.before = nft_reconcile.live_state(plan.backend.read())
+        except BackendError as exc:
+            if self.native:
+                raise CaptureError(str(exc))
+            self.warn("cannot look for Istio's native nftables tables (%s): any there are left as they are" % exc)
+            return _NativePlan()
+        plan.changes = nft_reconcile.plan_changes(plan.after, plan.before)
+        return plan
 
     def _read(self, backend):
         """``{family: parsed tables}`` as the backend reads them now; a family it cannot read is left out."""
@@ -208,14 +271,18 @@ class CaptureRun:
         tables = {}
         for family in FAMILIES:
             try:
+                if backend is None:
+                    raise BackendError("no iptables backend")
                 tables[family] = backend.read(family)
             except BackendError as exc:
                 tables[family] = exc
         return tables
 
     def _plan(self, opts, tables):
-        """The owned state before, the desired state after, and the changes between them, per family."""
-        families = _FamilyPlan(plan_rules(opts) if opts else {})
+        """The owned state before, the desired state after, and the changes between them, per family.
+
+        In native mode nothing is wanted here: the iptables rules of ours are planned away."""
+        families = _FamilyPlan(plan_rules(opts) if opts and not self.native else {})
         for family in FAMILIES:
             desired = desired_state(families.rules.get(family, []), family)
             self.claims[family] = self.recorded.get(family, set()) | unmarked_rules(desired)
@@ -251,30 +318,72 @@ class CaptureRun:
         routes.passthrough_after = passthrough_wanted or (self.present and routes.passthrough_now)
         return routes
 
-    def _result(self, opts, backend, reason, families, routes):
-        commands = []
+    def _result(self, opts, backend, reason, families, native, routes):
+        iptables_commands = []
         for family in FAMILIES:
             if family in families.changes:
-                commands.append(backend.describe(family))
-                commands.extend(restore_text(families.changes[family]).splitlines())
+                iptables_commands.append(backend.describe(family))
+                iptables_commands.extend(restore_text(families.changes[family]).splitlines())
                 if backend.name == "nft":
-                    commands.append("EOF")
+                    iptables_commands.append("EOF")
+        native_commands = []
+        if native.changes:
+            native_commands = [native.backend.describe()] + native.transaction.splitlines() + ["EOF"]
+        # In the order they run: the wanted mode first (see _apply_modes).
+        commands = native_commands + iptables_commands if self.native else iptables_commands + native_commands
         commands.extend(" ".join(argv) for argv in routes.commands)
+        if self.native:
+            rules = {"nftables": render_tables(native.after)}
+        else:
+            rules = {family: render_state(families.after[family]) for family in FAMILIES
+                     if family in families.rules and family in families.after}
         result = {
-            "changed": bool(families.changes or routes.commands),
-            "backend": backend.name,
+            "changed": bool(families.changes or native.changes or routes.commands),
+            "backend": "nftables" if self.native else backend.name,
             "backend_reason": reason,
             "ipv6": bool(opts and opts.ipv6),
-            "rules": {family: render_state(families.after[family]) for family in FAMILIES
-                      if family in families.rules and family in families.after},
+            "rules": rules,
             "commands": commands,
         }
         if self.diff_mode:  # the before/after text can be large (one line per rule): only when asked for
             result["diff"] = {
-                "before": self._describe(families.before, routes.now, routes.passthrough_now),
-                "after": self._describe(families.after, routes.wanted, routes.passthrough_after),
+                "before": self._describe(families.before, native.before, routes.now, routes.passthrough_now),
+                "after": self._describe(families.after, native.after, routes.wanted, routes.passthrough_after),
             }
         return result
+
+    def _apply_modes(self, backend, families, native):
+        """The wanted mode first, then the other one cleared: capture never lapses during a switch.
+
+        A failure in the first step leaves everything as it was (one transaction each, families put
+        back); a failure in the second says that the new mode is in place and the old one still is."""
+        if not self.native:
+            self._apply_families(backend, families)
+            try:
+                self._apply_native(native)
+            except CaptureError as exc:
+                if families.changes:
+                    raise CaptureError("the iptables rules were applied, but removing Istio's native nftables "
+                                       "tables failed, both are live: %s" % exc)
+                raise
+            return
+        self._apply_native(native)
+        try:
+            self._apply_families(backend, families)
+        except CaptureError as exc:
+            if native.changes:
+                raise CaptureError("the native nftables tables were applied, but removing the ISTIO_* iptables "
+                                   "rules failed, both are live: %s" % exc)
+            raise
+
+    @staticmethod
+    def _apply_native(native):
+        if not native.changes:
+            return
+        try:
+            native.backend.apply(native.transaction)
+        except BackendError as exc:
+            raise CaptureError("native nftables: %s" % exc)
 
     def _apply_families(self, backend, families):
         """Each family in one transaction; when a later one fails, put the earlier ones back as they were."""
@@ -301,9 +410,18 @@ class CaptureRun:
         except RuntimeError as exc:
             raise CaptureError("the rules were applied, but a route change failed: %s" % exc, **result)
 
-    def _read_back(self, backend, families, routes, result):
+    def _read_back(self, backend, families, native, routes, result):
         """Read what was just changed again: the kernel must now hold exactly what was planned."""
         problems = []
+        if native.changes:
+            try:
+                now = nft_reconcile.live_state(native.backend.read())
+            except BackendError as exc:
+                problems.append("native nftables tables cannot be read back: %s" % exc)
+            else:
+                if now != native.after:
+                    problems.append("native nftables tables differ from the plan: now\n%swanted\n%s"
+                                    % (render_tables(now), render_tables(native.after)))
         for family in families.changes:
             try:
                 now = owned_state(backend.read(family), self.claims[family])
@@ -323,8 +441,8 @@ class CaptureRun:
             else:
                 if routes_now != routes.wanted or passthrough_now != routes.passthrough_after:
                     problems.append("routes and addresses differ from the plan: now\n%swanted\n%s" % (
-                        self._describe({}, routes_now, passthrough_now),
-                        self._describe({}, routes.wanted, routes.passthrough_after)))
+                        self._describe({}, {}, routes_now, passthrough_now),
+                        self._describe({}, {}, routes.wanted, routes.passthrough_after)))
         if problems:
             raise CaptureError("applied, but reading back found the kernel not as planned: %s"
                                % "; ".join(problems), **result)
@@ -364,11 +482,13 @@ class CaptureRun:
                           "Remove them with state=absent backend=%s." % (other.name, _FAMILY_TITLE[family], other.name))
 
     @staticmethod
-    def _describe(states, policy_routes, passthrough):
+    def _describe(states, native_tables, policy_routes, passthrough):
         parts = []
         for family in FAMILIES:
             if family in states:
                 parts.append("# %s rules of ours\n%s" % (_FAMILY_TITLE[family], render_state(states[family])))
+        if native_tables:
+            parts.append("# native nftables tables of ours\n%s" % render_tables(native_tables))
         lines = [route.describe() for route in sorted(policy_routes)]
         if passthrough:
             lines.append("ipv6: ::6/128 on lo")

@@ -8,9 +8,8 @@
 
 """The ``nftables`` backend: Istio's native ``inet`` tables through the ``nft`` binary.
 
-State is read with one ``nft -j list ruleset`` (one process, whatever the number of tables; the
-JSON is reduced to Istio's tables by ``_capture.nft_reconcile``); a change is one ``nft -f -``
-transaction, all or nothing. Read and write the current network namespace: enter it first.
+State is read as JSON (``nft -j``), Istio's tables only, and reduced to comparable form by
+``_capture.nft_reconcile``; a change is one ``nft -f -`` transaction, all or nothing. Read and write the current network namespace: enter it first.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ import json
 import re
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import BackendError
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_plan import FAMILY, TABLE_PREFIX
 
 MIN_VERSION = (1, 0, 1)  # Istio's minimum: older nft lacks what its rules need
 _VERSION = re.compile(r"nftables v(\d+)\.(\d+)(?:\.(\d+))?")
@@ -58,15 +58,29 @@ class NftablesBackend:
             return ["nft >= %s (found %s)" % (_dotted(MIN_VERSION), _dotted(version))]
         return []
 
+    def present(self):
+        return bool(self._binary())
+
     def read(self):
-        """The parsed ``nft -j list ruleset`` document (every table; reduce it with ``live_state``)."""
-        rc, out, err = self._runner.run([self._binary(), "-j", "list", "ruleset"])
+        """The ``nft -j`` document of Istio's tables (``inet istio-proxy-*``), reduce it with ``live_state``.
+
+        ``list tables``, then each of Istio's tables: never the whole ruleset, where iptables-nft's
+        tables may hold thousands of rules that are not ours (their JSON costs more than ours)."""
+        items = []
+        for item in self._json(["list", "tables"]).get("nftables", ()):
+            table = item.get("table")
+            if table and table.get("family") == FAMILY and table.get("name", "").startswith(TABLE_PREFIX):
+                items += self._json(["list", "table", FAMILY, table["name"]]).get("nftables", ())
+        return {"nftables": items}
+
+    def _json(self, command):
+        rc, out, err = self._runner.run([self._binary(), "-j"] + command)
         if rc != 0:
-            raise BackendError("nft -j list ruleset failed (rc=%d): %s" % (rc, (err or out).strip()))
+            raise BackendError("nft -j %s failed (rc=%d): %s" % (" ".join(command), rc, (err or out).strip()))
         try:
             return json.loads(out) if out.strip() else {"nftables": []}
         except ValueError as exc:
-            raise BackendError("nft -j list ruleset gave no JSON (%s): is nft built with JSON support?" % exc)
+            raise BackendError("nft -j %s gave no JSON (%s): is nft built with JSON support?" % (" ".join(command), exc))
 
     def apply(self, transaction):
         """Run ``transaction`` (``nft -f`` text) as one transaction; nothing changes if nft refuses it."""

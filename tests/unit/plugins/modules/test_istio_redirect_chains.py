@@ -81,7 +81,8 @@ class FakeTarget:
 
     def writes(self):
         return [args for args, dummy in self.calls
-                if os.path.basename(args[0]) not in READ_ONLY and "-json" not in args]
+                if os.path.basename(args[0]) not in READ_ONLY and "-json" not in args
+                and not (os.path.basename(args[0]) == "nft" and args[1:2] in (["-j"], ["--version"]))]
 
 
 @pytest.fixture(autouse=True)
@@ -183,4 +184,83 @@ def test_a_run_with_nothing_to_change_does_not_read_back(mocker, capsys):
     result = run_module(mocker, capsys, target, ipv6=False)
     assert result["changed"] is False
     assert [args for args, dummy in target.calls if args[0] == "iptables-nft-save"] == [["iptables-nft-save"]]
+    assert target.writes() == []
+
+
+# --- native nftables mode --------------------------------------------------------------------------
+
+
+class NftTarget(FakeTarget):
+    """A FakeTarget that also has ``nft``: its version, no tables, and ``nft -f`` answering ``nft_rc``."""
+
+    def __init__(self, save4, version="nftables v1.0.6 (Lester Gooch #5)", nft_rc=0):
+        super().__init__(save4)
+        self.version, self.nft_rc = version, nft_rc
+
+    def run_command(self, args, data=None, binary_data=False, **kwargs):
+        if os.path.basename(args[0]) != "nft":
+            return super().run_command(args, data, binary_data, **kwargs)
+        self.calls.append((list(args), data))
+        if args[1:] == ["--version"]:
+            return 0, self.version + "\n", ""
+        if args[1:2] == ["-j"]:
+            return 0, '{"nftables": [{"metainfo": {"json_schema_version": 1}}]}', ""
+        return self.nft_rc, "", "Error: Could not process rule: No such file or directory" if self.nft_rc else ""
+
+
+def test_native_mode_needs_istio_minimum_nft(mocker, capsys):
+    target = NftTarget(EMPTY_NAT, version="nftables v0.9.8 (E.D.S.)")
+    result = run_module(mocker, capsys, target, native_nftables=True, ipv6=False)
+    assert result["failed"] is True
+    assert result["msg"] == "native_nftables=true: not usable on the target, missing nft >= 1.0.1 (found 0.9.8)"
+    assert target.writes() == []
+
+
+def test_native_check_mode_reports_the_transaction_and_writes_nothing(mocker, capsys):
+    target = NftTarget(EMPTY_NAT)
+    result = run_module(mocker, capsys, target, native_nftables=True, ipv6=False, _ansible_check_mode=True,
+                        _ansible_diff=True)
+    assert result["changed"] is True and result["backend"] == "nftables"
+    assert result["backend_reason"] == "native_nftables=true"
+    assert result["commands"][:3] == ["nft -f - <<EOF", "add table inet istio-proxy-nat", "delete table inet istio-proxy-nat"]
+    assert "add rule inet istio-proxy-nat istio-redirect meta l4proto tcp counter redirect to :15001" in result["commands"]
+    assert list(result["rules"]) == ["nftables"]
+    assert "table inet istio-proxy-nat {" in result["diff"]["after"]
+    assert "istio-proxy" not in result["diff"]["before"]
+    assert target.writes() == []
+
+
+def test_switch_to_native_applies_the_tables_first_then_removes_the_iptables_rules(mocker, capsys):
+    target = NftTarget(EMPTY_NAT)
+    assert run_module(mocker, capsys, target, ipv6=False)["changed"] is True  # iptables mode first
+    assert "ISTIO_OUTPUT" in target.saves["iptables-nft-save"]
+    target.calls = []
+    result = run_module(mocker, capsys, target, native_nftables=True, ipv6=False)
+    assert result["changed"] is True and result["backend"] == "nftables"
+    writes = [args for args in target.writes()]
+    assert writes == [["nft", "-f", "-"], ["iptables-nft-restore", "--noflush"]]
+    assert "ISTIO" not in target.saves["iptables-nft-save"]
+
+
+def test_a_refused_native_transaction_leaves_the_iptables_rules(mocker, capsys):
+    target = NftTarget(EMPTY_NAT)
+    run_module(mocker, capsys, target, ipv6=False)
+    before = target.saves["iptables-nft-save"]
+    target.nft_rc = 1
+    target.calls = []
+    result = run_module(mocker, capsys, target, native_nftables=True, ipv6=False)
+    assert result["failed"] is True
+    assert result["msg"].startswith("native nftables: nft -f - refused the change (rc=1), nothing was applied: Error: ")
+    assert target.writes() == [["nft", "-f", "-"]]
+    assert target.saves["iptables-nft-save"] == before
+
+
+@pytest.mark.parametrize("args, message", [
+    ({"exclude_interfaces": ['we"ird']}, "exclude_interfaces='we\"ird': nftables cannot match this interface name"),
+    ({"exclude_interfaces": ["eth*"]}, "exclude_interfaces='eth*': nftables cannot match this interface name"),
+])
+def test_native_values_nftables_cannot_take_are_refused_before_any_write(mocker, capsys, args, message):
+    target = NftTarget(EMPTY_NAT)
+    result = run_module(mocker, capsys, target, native_nftables=True, ipv6=False, **args)
+    assert result["failed"] is True and result["msg"] == message
     assert target.writes() == []

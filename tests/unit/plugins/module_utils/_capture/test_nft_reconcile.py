@@ -219,13 +219,34 @@ def test_backend_apply_is_one_transaction_and_errors_say_nothing_changed():
         backend.apply("x\n")
 
 
-def test_backend_read():
-    runner = FakeRunner([(0, json.dumps(kernel_fixture("k8s-default")), ""), (0, "not json", "")])
-    backend = NftablesBackend(runner)
-    assert live_state(backend.read()) == desired(CaptureOptions())
-    assert runner.calls[0][0] == ["/usr/sbin/nft", "-j", "list", "ruleset"]
+def _table_document(document, family, name):
+    """The part of a ``list ruleset`` document that ``nft -j list table FAMILY NAME`` prints."""
+    def belongs(item):
+        kind = next(iter(item))
+        body = item[kind]
+        return body.get("family") == family and (body.get("table") if kind != "table" else body.get("name")) == name
+    return {"nftables": [item for item in document["nftables"] if "metainfo" not in item and belongs(item)]}
+
+
+def test_backend_read_lists_istio_tables_only():
+    ruleset = kernel_fixture("foreign-and-k8s-default")
+    tables = {"nftables": [item for item in ruleset["nftables"] if "table" in item]}
+    istio = [item["table"]["name"] for item in tables["nftables"]
+             if item["table"]["family"] == "inet" and item["table"]["name"].startswith("istio-proxy-")]
+    assert istio and len(istio) < len(tables["nftables"])  # the fixture also holds foreign tables
+    runner = FakeRunner([(0, json.dumps(tables), "")]
+                        + [(0, json.dumps(_table_document(ruleset, "inet", name)), "") for name in istio])
+    assert live_state(NftablesBackend(runner).read()) == desired(CaptureOptions())
+    assert [argv for argv, dummy in runner.calls] == (
+        [["/usr/sbin/nft", "-j", "list", "tables"]] + [["/usr/sbin/nft", "-j", "list", "table", "inet", name] for name in istio])
+
+
+def test_backend_read_errors_say_what_failed():
     with pytest.raises(BackendError, match="JSON"):
-        backend.read()
+        NftablesBackend(FakeRunner([(0, "not json", "")])).read()
+    with pytest.raises(BackendError, match=r"nft -j list tables failed \(rc=1\): Operation not permitted"):
+        NftablesBackend(FakeRunner([(1, "", "Operation not permitted")])).read()
+    assert NftablesBackend(FakeRunner([(0, "", "")])).read() == {"nftables": []}
 
 
 def regenerate(prefix="nfefix"):  # pragma: no cover - run by hand, as root, to refresh the fixtures

@@ -30,6 +30,7 @@ DEFAULTS = dict(
     outbound_ports=[], exclude_outbound_ports=[], exclude_interfaces=[], reroute_virtual_interfaces=[],
     outbound_owner_groups=["*"], exclude_outbound_owner_groups=[], capture_dns=False, capture_all_dns=False,
     dns_servers=None, ipv6=None, ipv4_loopback_cidr="127.0.0.1/32", drop_invalid=False,
+    native_nftables=False,
 )
 USERS = {"istio-proxy": 998}
 GROUPS = {"istio-proxy": 997, "apps": 500}

@@ -21,6 +21,7 @@ an equal one is not mentioned (counters kept).
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 from collections import namedtuple
@@ -113,19 +114,27 @@ def _l4proto_of(expr):
 
 # --- the desired side ----------------------------------------------------------------------------
 
+def planned_state(tables):
+    """The planner's ``plan_ruleset()`` in the form of ``live_state()``, rules still the planner's text
+    (to show them: ``nft_render.render_state(state, str)``)."""
+    return {table.name: {chain.name: Chain(None if chain.base is None else tuple(chain.base) + ("accept",),
+                                           tuple(chain.rules))
+                         for chain in table.chains}
+            for table in tables}
+
+
 def desired_state(tables):
     """The planner's ``plan_ruleset()`` in the form of ``live_state()``."""
     cache = {}
-    state = {}
-    for table in tables:
-        chains = {}
-        for chain in table.chains:
-            base = None if chain.base is None else tuple(chain.base) + ("accept",)
-            rules = []
-            rules += [_desired_rule(text, cache) for text in chain.rules]
-            chains[chain.name] = Chain(base, tuple(rules))
-        state[table.name] = chains
-    return state
+    return {table: {name: Chain(chain.base, tuple(_desired_rule(text, cache) for text in chain.rules))
+                    for name, chain in chains.items()}
+            for table, chains in planned_state(tables).items()}
+
+
+def plan_digest(tables):
+    """A digest of everything ``tables`` puts in the kernel: equal digests, equal tables."""
+    changes = [TableChange(table.name, "replace") for table in tables]
+    return hashlib.sha256(transaction_text(changes, tables).encode()).hexdigest()
 
 
 def _desired_rule(text, cache):
@@ -256,6 +265,14 @@ def plan_changes(desired, live):
     changes = [TableChange(name, "replace") for name in desired if live.get(name) != desired[name]]
     changes += [TableChange(name, "delete") for name in sorted(live) if name not in desired]
     return changes
+
+
+def fresh_changes(names, live):
+    """``plan_changes`` when none of the tables ``names`` exists in ``live``: each is built whole, so
+    no comparison (and no canonical form of thousands of desired rules) is needed."""
+    assert not set(names) & set(live), "fresh_changes() is only for tables the kernel does not hold"
+    return [TableChange(name, "replace") for name in names] + [
+        TableChange(name, "delete") for name in sorted(live) if name not in names]
 
 
 def transaction_text(changes, tables):

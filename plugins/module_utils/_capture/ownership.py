@@ -75,18 +75,38 @@ def _unusable(path, warn, problem):
     return {}
 
 
-def dump(claims):
-    return {"rules": {family: sorted(list(rule) for rule in rules) for family, rules in sorted(claims.items()) if rules}}
+def load_stamp(path):
+    """The native tables' stamp the record keeps, ``{"generation": int, "digest": str}``, or None.
+
+    It says: at that nftables generation of the namespace, Istio's tables were exactly the plan with
+    that digest (see ``_capture.run``). Anything else, or no record, is no stamp (a full read)."""
+    try:
+        with open(path) as handle:
+            data = json.load(handle)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    stamp = data.get("nftables") if isinstance(data, dict) else None
+    if (isinstance(stamp, dict) and isinstance(stamp.get("generation"), int)
+            and not isinstance(stamp.get("generation"), bool) and isinstance(stamp.get("digest"), str)):
+        return {"generation": stamp["generation"], "digest": stamp["digest"]}
+    return None
 
 
-def save(path, claims):
-    """Write the record atomically and durably; remove it when nothing is claimed.
+def dump(claims, stamp=None):
+    data = {"rules": {family: sorted(list(rule) for rule in rules) for family, rules in sorted(claims.items()) if rules}}
+    if stamp:
+        data["nftables"] = dict(stamp)
+    return data
+
+
+def save(path, claims, stamp=None):
+    """Write the record atomically and durably; remove it when nothing is claimed and there is no stamp.
 
     A temporary file in the same directory, flushed to disk, then renamed over the record and the
     directory flushed: a reader, or the next run after a crash, sees the old record or the new one.
     """
-    data = dump(claims)
-    if not data["rules"]:
+    data = dump(claims, stamp)
+    if not data["rules"] and not stamp:
         remove(path)
         return
     directory = os.path.dirname(path)

@@ -16,11 +16,21 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import struct
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import BackendError
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_plan import FAMILY, TABLE_PREFIX
 
 MIN_VERSION = (1, 0, 1)  # Istio's minimum: older nft lacks what its rules need
+# nfnetlink: NFT_MSG_GETGEN of the nftables subsystem, answered by NFT_MSG_NEWGEN carrying NFTA_GEN_ID.
+_NETLINK_NETFILTER = 12
+_NLMSG_HEADER = 16
+_NLM_F_REQUEST = 1
+_NLMSG_ERROR = 2
+_GETGEN = (10 << 8) | 16
+_NEWGEN = (10 << 8) | 15
+_NFTA_GEN_ID = 1
 _VERSION = re.compile(r"nftables v(\d+)\.(\d+)(?:\.(\d+))?")
 
 
@@ -73,6 +83,22 @@ class NftablesBackend:
                 items += self._json(["list", "table", FAMILY, table["name"]]).get("nftables", ())
         return {"nftables": items}
 
+    @staticmethod
+    def generation():
+        """The current namespace's nftables generation, or None when the kernel does not say.
+
+        The kernel counts every committed nftables transaction in a namespace (any table, iptables-nft's
+        too): equal numbers mean nothing was written in between. One netlink request, no process."""
+        try:
+            with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER) as sock:
+                sock.bind((0, 0))
+                request = struct.pack("=IHHII", _NLMSG_HEADER + 4, _GETGEN, _NLM_F_REQUEST, 1, 0)
+                sock.send(request + struct.pack("!BBH", socket.AF_UNSPEC, 0, 0))  # nfgenmsg
+                reply = sock.recv(4096)
+        except OSError:
+            return None
+        return parse_generation(reply)
+
     def _json(self, command):
         rc, out, err = self._runner.run([self._binary(), "-j"] + command)
         if rc != 0:
@@ -93,6 +119,24 @@ class NftablesBackend:
 
     def describe(self):
         return "nft -f - <<EOF"
+
+
+def parse_generation(reply):
+    """NFTA_GEN_ID of an NFT_MSG_NEWGEN netlink reply, or None for anything else (an error, a short reply)."""
+    if len(reply) < _NLMSG_HEADER + 4:
+        return None
+    length, kind = struct.unpack_from("=IH", reply)
+    if kind != _NEWGEN:
+        return None
+    offset = _NLMSG_HEADER + 4  # after nfgenmsg
+    while offset + 4 <= min(length, len(reply)):
+        size, attribute = struct.unpack_from("=HH", reply, offset)
+        if size < 4:
+            return None
+        if attribute & 0x3FFF == _NFTA_GEN_ID and size >= 8:
+            return struct.unpack_from("!I", reply, offset + 4)[0]
+        offset += (size + 3) & ~3
+    return None
 
 
 def _dotted(version):

@@ -264,3 +264,37 @@ def test_native_values_nftables_cannot_take_are_refused_before_any_write(mocker,
     result = run_module(mocker, capsys, target, native_nftables=True, ipv6=False, **args)
     assert result["failed"] is True and result["msg"] == message
     assert target.writes() == []
+
+
+def test_native_no_op_is_proven_by_the_generation_without_listing_the_tables(mocker, capsys):
+    from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import nftables
+
+    generation = [5]
+    mocker.patch.object(nftables.NftablesBackend, "generation", staticmethod(lambda: generation[0]))
+    target = NftTarget(EMPTY_NAT)
+    applied = target.run_command
+
+    def commit_bumps_generation(args, data=None, binary_data=False, **kwargs):
+        if os.path.basename(args[0]) == "nft" and args[1:] == ["-f", "-"]:
+            generation[0] += 1
+        return applied(args, data, binary_data, **kwargs)
+
+    target.run_command = commit_bumps_generation
+    assert run_module(mocker, capsys, target, native_nftables=True, ipv6=False)["changed"] is True
+    assert generation[0] == 6
+    # Same generation, same plan: the stamp says the tables are the plan, nothing is listed or written.
+    target.calls = []
+    result = run_module(mocker, capsys, target, native_nftables=True, ipv6=False)
+    assert result["changed"] is False and result["commands"] == []
+    assert "table inet istio-proxy-nat {" in result["rules"]["nftables"]
+    assert [args for args, dummy in target.calls if os.path.basename(args[0]) == "nft"] == [["nft", "--version"]]
+    # Another plan at the same generation: the tables are read (here the fake kernel holds none: rebuilt).
+    target.calls = []
+    assert run_module(mocker, capsys, target, native_nftables=True, ipv6=False,
+                      exclude_outbound_ports=["9090"])["changed"] is True
+    assert ["nft", "-j", "list", "tables"] in [args for args, dummy in target.calls]
+    # Someone else committed: the generation moved, the tables are read again.
+    generation[0] += 1
+    target.calls = []
+    run_module(mocker, capsys, target, native_nftables=True, ipv6=False, exclude_outbound_ports=["9090"])
+    assert ["nft", "-j", "list", "tables"] in [args for args, dummy in target.calls]

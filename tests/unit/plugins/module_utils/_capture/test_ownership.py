@@ -71,3 +71,38 @@ def test_the_record_is_replaced_whole_and_leaves_no_temporary_file(tmp_path):
     record.save(path, {"ipv4": {("nat", "OUTPUT", "-o eth8 -j RETURN")}})
     assert record.load(path) == {"ipv4": {("nat", "OUTPUT", "-o eth8 -j RETURN")}}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["netns-app-7.json"]
+
+
+STAMP = {"generation": 41, "digest": "ab" * 32}
+
+
+def test_the_native_stamp_keeps_a_record_without_claims(tmp_path):
+    path = record.record_path("w1", 7, str(tmp_path))
+    record.save(path, {}, STAMP)
+    assert record.load_stamp(path) == STAMP
+    assert record.load(path) == {}
+    record.save(path, {"ipv4": {("mangle", "PREROUTING", "-i eth9 -j RETURN")}}, STAMP)
+    assert record.load_stamp(path) == STAMP
+    assert record.load(path) == {"ipv4": {("mangle", "PREROUTING", "-i eth9 -j RETURN")}}
+    record.save(path, {}, None)  # neither claims nor stamp: no record at all
+    assert not tmp_path.exists() or list(tmp_path.iterdir()) == []
+    assert record.load_stamp(path) is None
+
+
+@pytest.mark.parametrize("text", [
+    "", "[]", '{"rules": {}}', '{"rules": {}, "nftables": []}', '{"rules": {}, "nftables": {"generation": "1", "digest": "x"}}',
+    '{"rules": {}, "nftables": {"generation": true, "digest": "x"}}', '{"rules": {}, "nftables": {"generation": 1}}',
+    '{"rules": {}, "nftables": {"generation": 1, "digest": 5}}', "\xff garbage",
+])
+def test_anything_but_a_stamp_is_no_stamp(tmp_path, text):
+    path = tmp_path / "netns-w1-7.json"
+    path.write_text(text)
+    assert record.load_stamp(str(path)) is None
+
+
+def test_a_stamp_is_ignored_by_the_claims_reader(tmp_path):
+    path = tmp_path / "netns-w1-7.json"
+    path.write_text('{"rules": {"ipv4": [["nat", "OUTPUT", "-o eth9 -j RETURN"]]}, "nftables": {"generation": 3, "digest": "d"}}')
+    warnings = []
+    assert record.load(str(path), warnings.append) == {"ipv4": {("nat", "OUTPUT", "-o eth9 -j RETURN")}}
+    assert warnings == []

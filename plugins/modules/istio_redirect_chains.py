@@ -215,7 +215,7 @@ options:
   native_nftables:
     description:
       - Program Istio's native nftables tables instead of iptables rules, as C(istio-iptables --native-nftables)
-        (Helm C(values.global.nativeNftables)) does: C(inet istio-proxy-nat), C(istio-proxy-mangle) and
+        (Helm C(values.global.nativeNftables)) does, C(inet istio-proxy-nat), C(istio-proxy-mangle) and
         C(istio-proxy-raw), one ruleset for both address families, written in one C(nft -f -) transaction. Needs
         C(nft) 1.0.1 or later (Istio's minimum).
       - O(backend) then does not apply and RV(backend) is V(nftables). Every other option keeps its meaning.
@@ -313,7 +313,7 @@ ipv6:
 rules:
   description:
     - The desired rules of ours, per address family (V(ipv4), V(ipv6)), as C(iptables-save) prints them.
-    - With O(native_nftables=true), one key V(nftables): Istio's C(inet) tables in C(nft list ruleset) form
+    - With O(native_nftables=true), one key V(nftables), Istio's C(inet) tables in C(nft list ruleset) form
       (one ruleset serves both families).
     - Empty with O(state=absent).
   returned: success

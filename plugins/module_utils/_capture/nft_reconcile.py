@@ -89,8 +89,10 @@ def canonical_rule(exprs):
         match = expr.get("match")
         if match and match["left"] == {"ct": {"key": "state"}}:
             right = match["right"]
+            if isinstance(right, dict):  # a braced set, { established, related }
+                right = right.get("set", [right])
             expr = {"match": {"op": "in" if match["op"] in ("==", "in") else match["op"], "left": match["left"],
-                              "right": sorted([right] if isinstance(right, str) else right)}}
+                              "right": sorted([right] if isinstance(right, str) else right, key=str)}}
         out.append(expr)
     protocols = {_payload_protocol(expr) for expr in out} - {None}
     out = [expr for expr in out if _l4proto_of(expr) not in protocols]
@@ -270,7 +272,8 @@ def plan_changes(desired, live):
 def fresh_changes(names, live):
     """``plan_changes`` when none of the tables ``names`` exists in ``live``: each is built whole, so
     no comparison (and no canonical form of thousands of desired rules) is needed."""
-    assert not set(names) & set(live), "fresh_changes() is only for tables the kernel does not hold"
+    if set(names) & set(live):
+        raise ValueError("fresh_changes() is only for tables the kernel does not hold")
     return [TableChange(name, "replace") for name in names] + [
         TableChange(name, "delete") for name in sorted(live) if name not in names]
 

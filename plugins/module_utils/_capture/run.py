@@ -277,8 +277,8 @@ class CaptureRun:
             return _NativePlan()  # no nft at all: no native table can be there
         plan.generation = plan.backend.generation()
         stamp = ownership.load_stamp(self.record)
-        if self.native and plan.generation is not None and stamp == {"generation": plan.generation,
-                                                                       "digest": plan.digest}:
+        proven = {"generation": plan.generation, "digest": plan.digest}
+        if self.native and plan.generation is not None and stamp == proven:
             plan.before = None
             self.native_stamp = stamp
             return plan

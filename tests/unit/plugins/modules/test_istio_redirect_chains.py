@@ -237,8 +237,7 @@ def test_switch_to_native_applies_the_tables_first_then_removes_the_iptables_rul
     target.calls = []
     result = run_module(mocker, capsys, target, native_nftables=True, ipv6=False)
     assert result["changed"] is True and result["backend"] == "nftables"
-    writes = [args for args in target.writes()]
-    assert writes == [["nft", "-f", "-"], ["iptables-nft-restore", "--noflush"]]
+    assert target.writes() == [["nft", "-f", "-"], ["iptables-nft-restore", "--noflush"]]
     assert "ISTIO" not in target.saves["iptables-nft-save"]
 
 

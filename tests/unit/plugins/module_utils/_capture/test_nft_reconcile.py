@@ -31,6 +31,7 @@ from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_plan 
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_reconcile import (
     RuleSyntaxError,
     TableChange,
+    canonical_rule,
     desired_state,
     live_state,
     plan_changes,
@@ -268,8 +269,6 @@ def regenerate(prefix="nfefix"):  # pragma: no cover - run by hand, as root, to 
 
 
 def test_canonical_rule_keeps_every_expression_but_an_implied_l4proto():
-    from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_reconcile import canonical_rule
-
     kept = json.loads(canonical_rule(rule_expressions("meta l4proto tcp ct state invalid counter jump istio-drop")))
     assert len(kept) == 4
     implied = json.loads(canonical_rule(rule_expressions("meta l4proto tcp tcp dport 15008 counter return")))
@@ -277,3 +276,15 @@ def test_canonical_rule_keeps_every_expression_but_an_implied_l4proto():
                                   "right": 15008}}, {"counter": None}, {"return": None}]
     assert json.loads(canonical_rule([{"counter": {"packets": 1, "bytes": 2}}, {"return": None}])) == [
         {"counter": None}, {"return": None}]
+
+
+def _ct_state(right, op="=="):
+    return [{"match": {"op": op, "left": {"ct": {"key": "state"}}, "right": right}}, {"counter": None}]
+
+
+def test_ct_state_sets_compare_by_their_members():
+    listed = canonical_rule(_ct_state(["established", "related"], op="in"))
+    assert canonical_rule(_ct_state({"set": ["related", "established"]})) == listed
+    assert canonical_rule(_ct_state({"set": ["new", "invalid"]})) != listed
+    assert canonical_rule(_ct_state({"set": ["invalid"]})) != canonical_rule(_ct_state({"set": ["new"]}))
+    assert canonical_rule(_ct_state("established")) == canonical_rule(_ct_state({"set": ["established"]}))

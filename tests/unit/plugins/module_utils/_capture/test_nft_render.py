@@ -27,6 +27,7 @@ from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_recon
     canonical_rule,
     desired_state,
     live_state,
+    planned_state,
     rule_expressions,
 )
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_render import (
@@ -200,6 +201,10 @@ def test_the_text_is_the_planners_where_canonical_form_keeps_every_word():
                                         "1337 counter accept")) == (
         "meta l4proto tcp ip6 daddr != ::1 tproxy ip6 to :15006 meta mark set 1337 counter accept")
     assert render_rule("[]") == ""
+    # nft's empty string, quoted so that the word is there to read back.
+    empty = [{"match": {"left": {"meta": {"key": "oifname"}}, "op": "!=", "right": ""}}]
+    assert render_rule(empty) == 'oifname != ""'
+    assert rule_expressions('oifname != ""') == empty
 
 
 def test_canonical_form_is_rendered_as_it_is():
@@ -420,3 +425,15 @@ def test_orders():
     assert chain_order("istio-proxy-raw", ["z", "istio-output-dns", "output", "prerouting"]) == [
         "prerouting", "output", "istio-output-dns", "z"]
     assert chain_order("other", ["b", "a"]) == ["a", "b"]
+
+
+def test_state_of_planner_text_is_shown_as_written():
+    # The module's result shows its plan in the planner's own words (rule_text=str): same layout.
+    tables = plan_ruleset(STEP_CONFIGS[2])
+    planned = render_state(planned_state(tables), str)
+    canonical = render_state(desired_state(tables))
+    assert planned.count("\n") == canonical.count("\n")
+    assert "\t\tmeta l4proto tcp tcp dport 15008 counter return\n" in planned
+    assert "\t\ttcp dport 15008 counter return\n" in canonical
+    texts = [line.strip() for line in planned.splitlines() if line.startswith("\t\t") and not line.startswith("\t\ttype ")]
+    assert texts == planned_texts(STEP_CONFIGS[2])

@@ -26,6 +26,7 @@ import ipaddress
 import json
 from collections import namedtuple
 
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.options import address_text
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_plan import (
     FAMILY,
     TABLE_PREFIX,
@@ -184,8 +185,8 @@ def _number(word):
 def _address(word):
     network = ipaddress.ip_network(word, strict=False)
     if network.prefixlen == network.max_prefixlen:
-        return str(network.network_address)
-    return {"prefix": {"addr": str(network.network_address), "len": network.prefixlen}}
+        return address_text(network.network_address)
+    return {"prefix": {"addr": address_text(network.network_address), "len": network.prefixlen}}
 
 
 def _match(left, words, i, value):

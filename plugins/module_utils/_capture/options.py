@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import IPV4, IPV6, CaptureOptions
 from ansible_collections.meshops.sidecar.plugins.module_utils._system.kernel_names import ifname_error
@@ -152,7 +153,14 @@ def _cidr(option, text):
     except ValueError as exc:
         raise OptionError(option, text, "not a CIDR (%s)" % exc)
     family = IPV4 if interface.version == 4 else IPV6
-    return family, "%s/%d" % (interface.ip.compressed, interface.network.prefixlen)
+    return family, "%s/%d" % (address_text(interface.ip), interface.network.prefixlen)
+
+
+def address_text(address):
+    """An address as iptables and nft print it (inet_ntop): ``::ffff:198.18.0.9``, not Python's ``::ffff:c612:9``."""
+    if address.version == 6:
+        return socket.inet_ntop(socket.AF_INET6, address.packed)
+    return address.compressed
 
 
 def _address(option, text):
@@ -162,7 +170,7 @@ def _address(option, text):
         address = ipaddress.ip_address(text)
     except ValueError:
         raise OptionError(option, text, "not an IP address")
-    return (IPV4 if address.version == 4 else IPV6), address.compressed
+    return (IPV4 if address.version == 4 else IPV6), address_text(address)
 
 
 def _interface(option, name):
@@ -170,6 +178,13 @@ def _interface(option, name):
     problem = ifname_error(name)
     if problem:
         raise OptionError(option, name, "not an interface name: it " + problem)
+    # The kernel allows these, the rule writers do not: python-iptables reads a leading '!' as "not"
+    # (every other interface would escape capture), iptables-restore drops quotes and backslashes.
+    if name.startswith("!"):
+        raise OptionError(option, name, "an interface name starting with '!' cannot be written as a rule "
+                                        "(iptables reads it as a negation)")
+    if any(char in name for char in "\"'\\"):
+        raise OptionError(option, name, "an interface name with a quote or a backslash cannot be written as a rule")
     return name
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import FAMILIES
 
@@ -132,6 +133,18 @@ def save(path, claims, stamp=None):
         os.close(descriptor)
 
 
+STALE_TEMPORARY_SECONDS = 600  # far longer than any save takes: a file this old was left by a killed run
+
+
+def _remove_stale_temporary(path, now):
+    """A temporary record a killed ``save`` left behind (another run may be writing a fresh one)."""
+    try:
+        if now - os.stat(path).st_mtime > STALE_TEMPORARY_SECONDS:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
 def remove(path):
     try:
         os.unlink(path)
@@ -153,7 +166,11 @@ def prune(inode_of_netns, root=None):
         names = os.listdir(root)
     except FileNotFoundError:
         return
+    now = time.time()
     for name in names:
+        if name.startswith(".") and name.endswith(".tmp"):
+            _remove_stale_temporary(os.path.join(root, name), now)
+            continue
         if not (name.startswith("netns-") and name.endswith(".json")):
             continue
         netns, _sep, inode = name[len("netns-"):-len(".json")].rpartition("-")

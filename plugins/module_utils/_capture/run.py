@@ -499,7 +499,12 @@ class CaptureRun:
         if stamp and native.backend.generation() != stamp["generation"]:
             stamp = None  # our own iptables changes, or someone else's, came after
         if ownership.dump(claims, stamp) != ownership.dump(self.recorded, self.recorded_stamp):
-            ownership.save(self.record, claims, stamp)
+            try:
+                ownership.save(self.record, claims, stamp)
+            except OSError as exc:  # the rules are applied: say so, and what the next run will not know
+                self.warn("the rules were applied, but the ownership record %s could not be written (%s): the "
+                          "next run leaves rules in built-in chains that only the record says are ours"
+                          % (self.record, exc))
 
     def _refuse_capturing_ssh(self, opts, session, home_inode):
         if session is None:

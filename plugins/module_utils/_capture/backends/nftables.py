@@ -31,6 +31,12 @@ _NLMSG_ERROR = 2
 _GETGEN = (10 << 8) | 16
 _NEWGEN = (10 << 8) | 15
 _NFTA_GEN_ID = 1
+_NLM_F_DUMP = 0x300
+_NLMSG_DONE = 3
+_GETTABLE = (10 << 8) | 1
+_NEWTABLE = (10 << 8) | 0
+_NFTA_TABLE_NAME = 1
+_NFPROTO_INET = 1
 _VERSION = re.compile(r"nftables v(\d+)\.(\d+)(?:\.(\d+))?")
 
 
@@ -76,12 +82,39 @@ class NftablesBackend:
 
         ``list tables``, then each of Istio's tables: never the whole ruleset, where iptables-nft's
         tables may hold thousands of rules that are not ours (their JSON costs more than ours)."""
+        names = self.inet_table_names()
+        if names is None:  # no netlink answer: ask nft (slow while someone else keeps committing)
+            names = [item["table"]["name"] for item in self._json(["list", "tables"]).get("nftables", ())
+                     if item.get("table", {}).get("family") == FAMILY]
         items = []
-        for item in self._json(["list", "tables"]).get("nftables", ()):
-            table = item.get("table")
-            if table and table.get("family") == FAMILY and table.get("name", "").startswith(TABLE_PREFIX):
-                items += self._json(["list", "table", FAMILY, table["name"]]).get("nftables", ())
+        for name in sorted(name for name in names if name.startswith(TABLE_PREFIX)):
+            try:
+                items += self._json(["list", "table", FAMILY, name]).get("nftables", ())
+            except BackendError as exc:
+                if "No such file or directory" not in str(exc):
+                    raise  # else deleted since it was listed: not there
         return {"nftables": items}
+
+    @staticmethod
+    def inet_table_names():
+        """Names of the current namespace's ``inet`` tables, from one netlink dump; None when it fails.
+
+        ``nft list tables`` (1.0.6) loads every rule of every table first: with thousands of
+        iptables-nft rules and another writer committing, that took seconds."""
+        try:
+            with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER) as sock:
+                sock.bind((0, 0))
+                request = struct.pack("=IHHII", _NLMSG_HEADER + 4, _GETTABLE, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0)
+                sock.send(request + struct.pack("!BBH", _NFPROTO_INET, 0, 0))
+                replies = []
+                while True:
+                    data = sock.recv(65536)
+                    replies.append(data)
+                    if not data or _dump_done(data):
+                        break
+        except OSError:
+            return None
+        return parse_table_names(b"".join(replies))
 
     @staticmethod
     def generation():
@@ -137,6 +170,40 @@ def parse_generation(reply):
             return struct.unpack_from("!I", reply, offset + 4)[0]
         offset += (size + 3) & ~3
     return None
+
+
+def _messages(data):
+    """``(type, payload)`` of each netlink message in ``data``."""
+    offset = 0
+    while offset + _NLMSG_HEADER <= len(data):
+        length, kind = struct.unpack_from("=IH", data, offset)
+        if length < _NLMSG_HEADER:
+            return
+        yield kind, data[offset + _NLMSG_HEADER:offset + length]
+        offset += (length + 3) & ~3
+
+
+def _dump_done(data):
+    return any(kind in (_NLMSG_DONE, _NLMSG_ERROR) for kind, dummy in _messages(data))
+
+
+def parse_table_names(data):
+    """Table names of the NFT_MSG_NEWTABLE messages of a dump; None when the dump ended in an error."""
+    names = []
+    for kind, payload in _messages(data):
+        if kind == _NLMSG_ERROR and len(payload) >= 4 and struct.unpack_from("=i", payload)[0] != 0:
+            return None
+        if kind != _NEWTABLE:
+            continue
+        offset = 4  # after nfgenmsg
+        while offset + 4 <= len(payload):
+            size, attribute = struct.unpack_from("=HH", payload, offset)
+            if size < 4:
+                break
+            if attribute & 0x3FFF == _NFTA_TABLE_NAME:
+                names.append(payload[offset + 4:offset + size].split(b"\0", 1)[0].decode("utf-8", "replace"))
+            offset += (size + 3) & ~3
+    return names
 
 
 def _dotted(version):

@@ -404,6 +404,13 @@ class FakeNft:
         return 0, json.dumps({"nftables": items}), ""
 
 
+@pytest.fixture(autouse=True)
+def no_netlink(mocker):
+    """The backend asks nft for the table names (FakeNft answers), never this machine's netlink."""
+    from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import nftables
+    mocker.patch.object(nftables.NftablesBackend, "inet_table_names", staticmethod(lambda: None))
+
+
 def _inspection(runner, warnings=None):
     return inspect.NamespaceInspection("app", runner, (warnings if warnings is not None else []).append)
 

@@ -229,7 +229,30 @@ def _table_document(document, family, name):
     return {"nftables": [item for item in document["nftables"] if "metainfo" not in item and belongs(item)]}
 
 
-def test_backend_read_lists_istio_tables_only():
+@pytest.fixture
+def no_netlink(mocker):
+    """The backend's netlink table list unanswered, so it asks nft (and never reads this machine's tables)."""
+    mocker.patch.object(NftablesBackend, "inet_table_names", staticmethod(lambda: None))
+
+
+def test_backend_read_takes_the_names_from_netlink(mocker):
+    mocker.patch.object(NftablesBackend, "inet_table_names", staticmethod(lambda: ["userfilter", "istio-proxy-raw"]))
+    runner = FakeRunner([(0, '{"nftables": [{"table": {"family": "inet", "name": "istio-proxy-raw", "handle": 4}}]}', "")])
+    assert NftablesBackend(runner).read() == {"nftables": [{"table": {"family": "inet", "name": "istio-proxy-raw",
+                                                                      "handle": 4}}]}
+    assert [argv for argv, dummy in runner.calls] == [["/usr/sbin/nft", "-j", "list", "table", "inet", "istio-proxy-raw"]]
+
+
+def test_a_table_deleted_between_list_and_read_is_not_there(mocker):
+    mocker.patch.object(NftablesBackend, "inet_table_names", staticmethod(lambda: ["istio-proxy-nat"]))
+    runner = FakeRunner([(1, "", "Error: No such file or directory\nlist table inet istio-proxy-nat")])
+    assert NftablesBackend(runner).read() == {"nftables": []}
+    runner = FakeRunner([(1, "", "Error: Operation not permitted")])
+    with pytest.raises(BackendError, match="Operation not permitted"):
+        NftablesBackend(runner).read()
+
+
+def test_backend_read_lists_istio_tables_only(no_netlink):
     ruleset = kernel_fixture("foreign-and-k8s-default")
     tables = {"nftables": [item for item in ruleset["nftables"] if "table" in item]}
     istio = [item["table"]["name"] for item in tables["nftables"]
@@ -242,7 +265,7 @@ def test_backend_read_lists_istio_tables_only():
         [["/usr/sbin/nft", "-j", "list", "tables"]] + [["/usr/sbin/nft", "-j", "list", "table", "inet", name] for name in istio])
 
 
-def test_backend_read_errors_say_what_failed():
+def test_backend_read_errors_say_what_failed(no_netlink):
     with pytest.raises(BackendError, match="JSON"):
         NftablesBackend(FakeRunner([(0, "not json", "")])).read()
     with pytest.raises(BackendError, match=r"nft -j list tables failed \(rc=1\): Operation not permitted"):

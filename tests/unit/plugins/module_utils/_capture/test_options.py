@@ -238,3 +238,31 @@ def test_user_names_useradd_accepts(name):
                                   "\u00e9t\u00e9", None, 5])
 def test_user_names_useradd_refuses(name):
     assert user_name_error(name)
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("!eth0", "starting with '!'"),
+    ('fi"e2', "a quote or a backslash"),
+    ("fi'e3", "a quote or a backslash"),
+    ("fi\\e4", "a quote or a backslash"),
+])
+def test_interface_names_the_rule_writers_would_change_are_refused(name, reason):
+    for option in ("exclude_interfaces", "reroute_virtual_interfaces"):
+        with pytest.raises(OptionError, match="^%s=" % option) as exc:
+            build(**{option: [name]})
+        assert reason in str(exc.value)
+
+
+@pytest.mark.parametrize("given, written", [
+    ("::ffff:198.18.0.9/128", "::ffff:198.18.0.9/128"),  # as iptables and nft print it, not ::ffff:c612:9
+    ("::FFFF:C612:9/128", "::ffff:198.18.0.9/128"),
+    ("2001:db8:0:0:0:0:0:1/128", "2001:db8::1/128"),
+    ("2001:db8:0:1:0:0:0:1/64", "2001:db8:0:1::1/64"),
+])
+def test_ipv6_text_is_what_inet_ntop_prints(given, written):
+    assert build(exclude_outbound_ip_ranges=[given]).exclude_outbound_ip_ranges == ((IPV6, written),)
+
+
+def test_an_ipv4_mapped_nameserver_is_written_as_iptables_prints_it():
+    opts = build(capture_dns=True, dns_servers=["::ffff:198.18.0.9"], ipv6=True)
+    assert opts.dns_servers == ((IPV6, "::ffff:198.18.0.9"),)

@@ -106,3 +106,18 @@ def test_a_stamp_is_ignored_by_the_claims_reader(tmp_path):
     warnings = []
     assert record.load(str(path), warnings.append) == {"ipv4": {("nat", "OUTPUT", "-o eth9 -j RETURN")}}
     assert warnings == []
+
+
+def test_prune_removes_temporary_records_a_killed_run_left(tmp_path):
+    import os
+    import time
+
+    stale = tmp_path / ".netns-w1-7.json.abc123.tmp"
+    fresh = tmp_path / ".netns-w2-8.json.def456.tmp"
+    stale.write_text("{")
+    fresh.write_text("{")
+    old = time.time() - record.STALE_TEMPORARY_SECONDS - 60
+    os.utime(stale, (old, old))
+    record.prune(lambda name: None, str(tmp_path))
+    assert not stale.exists()
+    assert fresh.exists()  # another run may be writing it right now

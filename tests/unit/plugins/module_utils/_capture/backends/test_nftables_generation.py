@@ -50,3 +50,29 @@ def test_a_zero_sized_attribute_ends_the_walk():
     data = reply(attributes=()) + struct.pack("=HH", 0, 1)
     data = struct.pack("=I", len(data)) + data[4:]
     assert parse_generation(data) is None
+
+
+NEWTABLE = (10 << 8) | 0
+
+
+def table_message(name, family=1):
+    value = name.encode() + b"\0"
+    size = 4 + len(value)
+    body = struct.pack("!BBH", family, 0, 0) + struct.pack("=HH", size, 1) + value + b"\0" * ((-size) % 4)
+    body += struct.pack("=HH", 8, 2) + struct.pack("!I", 0)  # NFTA_TABLE_FLAGS
+    return struct.pack("=IHHII", 16 + len(body), NEWTABLE, 2, 1, 0) + body
+
+
+def done_message(error=None):
+    if error is None:
+        return struct.pack("=IHHII", 20, 3, 2, 1, 0) + struct.pack("=i", 0)
+    return struct.pack("=IHHII", 36, 2, 0, 1, 0) + struct.pack("=i", -error) + b"\0" * 16
+
+
+def test_table_names_of_a_dump():
+    from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.nftables import parse_table_names
+
+    data = table_message("istio-proxy-nat") + table_message("userfilter") + done_message()
+    assert parse_table_names(data) == ["istio-proxy-nat", "userfilter"]
+    assert parse_table_names(done_message()) == []
+    assert parse_table_names(table_message("istio-proxy-nat") + done_message(error=1)) is None

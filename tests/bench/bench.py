@@ -8,16 +8,17 @@ namespace it runs in, as the builtin module does). Measured, in one run, as medi
 repetitions, interleaved so that a change in the machine's load hits every variant alike:
 
 * compare: an empty playbook (start-up), ``command: true`` (the least a module task costs), one
-  ``istio_redirect_chains`` task, and the same rules as ``ansible.builtin.iptables`` tasks; first
-  apply on a fresh namespace and a no-op re-run. Net cost = run - the empty playbook of the same
+  ``istio_redirect_chains`` task (iptables, and with ``native_nftables: true``), and the same rules as
+  ``ansible.builtin.iptables`` tasks; first apply on a fresh namespace and a no-op re-run. Net cost = run - the empty playbook of the same
   repetition (median). Then the module and the builtin tasks again after a warm-up task, net of the
   warm-up alone: what they cost inside a playbook that already runs tasks.
 * scaling: the module with 0, 100, 1,000 and 10,000 excluded /32s from 198.18.0.0/15, first apply
-  on a fresh namespace and a no-op re-run, on the nft and the legacy backend; net of the empty
+  on a fresh namespace and a no-op re-run, on the nft and the legacy backend and in native nftables
+  mode (``native``: ``native_nftables: true``, Istio's inet tables); net of the empty
   playbook, and net of the same playbook with the task skipped (the task's own cost, without
   Ansible's loading of the playbook and its CIDRs).
-* profile: the module's target-side code (``_capture.CaptureRun``) in-process, 10,000 CIDRs, both
-  backends (``profile_module.py``).
+* profile: the module's target-side code (``_capture.CaptureRun``) in-process, 10,000 CIDRs, each
+  backend and native mode (``profile_module.py``).
 
 Standard library only. Needs root; never touches the host namespace's firewall.
 """
@@ -46,6 +47,8 @@ sys.path.insert(0, HERE)
 import plot  # noqa: E402  pylint: disable=wrong-import-position
 
 MODULE = "meshops.sidecar.istio_redirect_chains"
+# The scaling part's variants: the two iptables backends, and native nftables mode (no backend option).
+BACKENDS = ("nft", "legacy", "native")
 RUN_TIMEOUT = 300  # seconds; one ansible-playbook run never takes this long here
 CIDR_BASE = int(ipaddress.IPv4Address("198.18.0.0"))  # RFC 2544 benchmarking range, a /15
 
@@ -149,7 +152,9 @@ def module_task(backend=None, count=0, as_string=False, skipped=False):
     the baseline for what the task itself costs.
     """
     args = {}
-    if backend:
+    if backend == "native":
+        args["native_nftables"] = True
+    elif backend:
         args["backend"] = backend
     if count:
         args["exclude_outbound_ip_ranges"] = ",".join(cidrs(count)) if as_string else cidrs(count)
@@ -300,6 +305,21 @@ def istio_lines(netns, backend):
     return lines
 
 
+def native_exclusions(netns):
+    """The per-CIDR return rules of Istio's inet nat table (native mode), as ``nft`` lists them."""
+    out = subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "chain", "inet", "istio-proxy-nat",
+                          "istio-output"], capture_output=True, text=True, check=True).stdout
+    return [line.strip() for line in out.splitlines()
+            if re.match(r"\s*ip daddr 198\.1[89]\.\S+ counter packets \d+ bytes \d+ return$", line)]
+
+
+def native_tables(netns):
+    """The names of the ``inet istio-proxy-*`` tables in ``netns``."""
+    out = subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "tables"], capture_output=True, text=True,
+                         check=True).stdout
+    return sorted(line.split()[2] for line in out.splitlines() if line.startswith("table inet istio-proxy-"))
+
+
 def iptables_flavour():
     """``nft`` or ``legacy``: what the plain ``iptables`` the builtin module uses is."""
     out = subprocess.run(["iptables", "--version"], capture_output=True, text=True, check=False).stdout
@@ -331,11 +351,14 @@ def part_compare(args, nss, runner, samples, budget, flavour, report):
     idle = nss.create()
     deadline = budget.part(0.4)
     # The one-task variants are cheap and their net cost is small: two samples of each per round.
-    # "warm_*": the same after a first task (warm-up), net of the warm-up alone.
+    # "warm_*": the same after a first task (warm-up), net of the warm-up alone; "native": the module
+    # task with native_nftables: true.
     variants = ["empty", "noop", "noop", "module", "module", "builtin",
                 "warm", "warm", "warm_module", "warm_module", "warm_builtin"]
+    if "native" in args.backends:
+        variants += ["native", "native"]
     books = {"module": "module_default", "builtin": "builtin", "warm_module": "warm_module",
-             "warm_builtin": "warm_builtin"}
+             "warm_builtin": "warm_builtin", "native": "module_native"}
     rep = 0
     while rep < args.reps:
         started = time.monotonic()
@@ -356,6 +379,14 @@ def part_compare(args, nss, runner, samples, budget, flavour, report):
             samples.add(variant + "_rerun", wall, cpu, rep)
             if rep == 0 and variant in ("module", "builtin"):
                 report.setdefault("rules", {})[variant] = istio_lines(netns, flavour)
+            if rep == 0 and variant == "native" and "native_tables" not in report:
+                # Native mode writes Istio's inet tables and no ISTIO_* iptables rule.
+                report["native_tables"] = native_tables(netns)
+                if not report["native_tables"] or istio_lines(netns, flavour):
+                    raise BenchError("native_nftables: true left tables %s and iptables lines %s in %s"
+                                     % (report["native_tables"], istio_lines(netns, flavour), netns))
+                log("   check: native mode leaves %s and no ISTIO iptables rule: OK"
+                    % ", ".join("inet " + name for name in report["native_tables"]))
             nss.delete(netns)
         wall, cpu, dummy, dummy = runner.play(idle, "empty")  # a second baseline of the repetition, for the pairing
         samples.add("empty", wall, cpu, rep)
@@ -405,9 +436,12 @@ def part_scaling(args, nss, runner, samples, budget, report):
                 wall, cpu, changed, logpath = runner.play(netns, book)
                 expect(changed, 1, book + " apply", logpath)
                 samples.add((backend, count, "apply"), wall, cpu, rep)
-                if rep == 0:
+                if rep == 0 and backend == "native":
+                    excluded = native_exclusions(netns)
+                elif rep == 0:
                     excluded = [line for line in istio_lines(netns, backend)
                                 if line.startswith("-A ISTIO_OUTPUT -d 198.1") and line.endswith("-j RETURN")]
+                if rep == 0:
                     if len(excluded) != count:
                         raise BenchError("%s: %d exclusion rules in the kernel, expected %d"
                                          % (book, len(excluded), count))
@@ -583,12 +617,15 @@ def write_report(args, compare, scaling, report, outdir, flavour):
     if "profile" in report:
         lines.append("Target side in-process (CaptureRun, %d CIDRs, seconds; profile_module.py):" % args.profile_cidrs)
         lines.append("")
-        lines.append("| backend | first apply | no-op | biggest phases of the no-op (inclusive) |")
-        lines.append("|---|---:|---:|---|")
+        lines.append("| backend | first apply | no-op | no-op CPU | commands (apply / no-op) | biggest phases of the no-op "
+                     "(inclusive) |")
+        lines.append("|---|---:|---:|---:|---:|---|")
         for backend, prof in report["profile"].items():
             top = sorted(prof["noop"]["phases"].items(), key=lambda kv: -kv[1])[:4]
             phases = ", ".join("%s %s" % (k, fmt(v)) for k, v in top)
-            lines.append("| %s | %s | %s | %s |" % (backend, fmt(prof["apply"]["total"]), fmt(prof["noop"]["total"]), phases))
+            lines.append("| %s | %s | %s | %s | %d / %d | %s |" % (
+                backend, fmt(prof["apply"]["total"]), fmt(prof["noop"]["total"]), fmt(prof["noop"]["cpu"]),
+                len(prof["apply"]["commands"]), len(prof["noop"]["commands"]), phases))
         lines.append("")
     text = "\n".join(lines) + "\n"
     with open(os.path.join(outdir, "results.md"), "w") as handle:
@@ -615,6 +652,10 @@ def compare_table(samples, report, flavour):
             ("module, first apply", "module_apply", 1), ("module, no-op re-run", "module_rerun", 1),
             ("builtin iptables, first apply", "builtin_apply", BUILTIN_TASKS),
             ("builtin iptables, no-op re-run", "builtin_rerun", BUILTIN_TASKS))
+    native = "native_apply" in samples.wall
+    if native:
+        rows += (("module native_nftables, first apply", "native_apply", 1),
+                 ("module native_nftables, no-op re-run", "native_rerun", 1))
     lines += cost_lines(samples, rows, "empty")
     warm = "warm_module_apply" in samples.wall
     if warm:
@@ -634,6 +675,9 @@ def compare_table(samples, report, flavour):
         targets[tag + " builtin/module re-run"] = ratio(net["builtin_rerun"], net["module_rerun"])
         targets[tag + " module apply/noop"] = ratio(net["module_apply"], net["noop"])
         targets[tag + " module re-run/noop"] = ratio(net["module_rerun"], net["noop"])
+        if native:
+            targets[tag + " native apply/noop"] = ratio(net["native_apply"], net["noop"])
+            targets[tag + " native re-run/noop"] = ratio(net["native_rerun"], net["noop"])
         # The best builtin/module ratio a module task could reach if it cost what `command: true` costs.
         targets[tag + " builtin/noop apply (ceiling)"] = ratio(net["builtin_apply"], net["noop"])
         targets[tag + " builtin/noop re-run (ceiling)"] = ratio(net["builtin_rerun"], net["noop"])
@@ -649,6 +693,8 @@ def compare_table(samples, report, flavour):
     goals = [("builtin/module apply", ">= 15"), ("builtin/module re-run", ">= 15"),
              ("builtin/noop apply (ceiling)", None), ("builtin/noop re-run (ceiling)", None),
              ("module apply/noop", "<= 1.5"), ("module re-run/noop", "<= 1.5")]
+    if native:
+        goals += [("native apply/noop", "<= 1.5"), ("native re-run/noop", "<= 1.5")]
     if warm:
         goals += [("after a first task: builtin/module apply", ">= 15"),
                   ("after a first task: builtin/module re-run", ">= 15")]
@@ -746,16 +792,21 @@ def parse_args(argv):
     parser.add_argument("--reps", type=int, default=5, help="repetitions per measurement (median); default 5")
     parser.add_argument("--min-reps", type=int, default=3, help="never fewer, even over the time budget")
     parser.add_argument("--sizes", default="0,100,1000,10000", help="excluded CIDR counts, comma-separated")
-    parser.add_argument("--backends", default="nft,legacy", help="backends of the scaling part")
+    parser.add_argument("--backends", default="nft,legacy,native",
+                        help="backends of the scaling part: nft, legacy, native (native_nftables: true; also "
+                             "measured in the compare part)")
     parser.add_argument("--profile-cidrs", type=int, default=10000)
-    parser.add_argument("--budget", type=int, default=780, help="seconds the whole run aims to stay within")
+    parser.add_argument("--budget", type=int, default=1000, help="seconds the whole run aims to stay within")
     parser.add_argument("--parts", default="compare,scaling,split,check,profile",
                         help="which parts to run (comma-separated): compare, scaling, split, check, profile")
     parser.add_argument("--out", default=os.path.join(".cache", "bench"), help="results directory")
     args = parser.parse_args(argv)
     args.sizes = sorted({int(n) for n in args.sizes.split(",")} | {0})
     args.parts = set(args.parts.split(","))
-    args.backends = [b for b in ("nft", "legacy") if b in args.backends.split(",")]
+    unknown = set(args.backends.split(",")) - set(BACKENDS)
+    if unknown:
+        parser.error("--backends: unknown %s (choose from %s)" % (", ".join(sorted(unknown)), ", ".join(BACKENDS)))
+    args.backends = [b for b in BACKENDS if b in args.backends.split(",")]
     args.min_reps = min(args.min_reps, args.reps)
     return args
 
@@ -764,7 +815,8 @@ def main(argv):
     args = parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("bench.py needs root (network namespaces)")
-    for tool in ("ip", "ansible-playbook", "iptables", "iptables-nft-save", "iptables-legacy-save"):
+    for tool in ("ip", "ansible-playbook", "iptables", "iptables-nft-save", "iptables-legacy-save") + (
+            ("nft",) if "native" in args.backends else ()):
         if not shutil.which(tool):
             raise SystemExit("bench.py: %s not found on PATH" % tool)
     prefix = os.environ.get("BENCH_NS_PREFIX") or "msbench-%d-%d" % (os.getpid(), random.randrange(10000))
@@ -786,6 +838,7 @@ def main(argv):
         work.add("empty", [])
         work.add("noop", [{"name": "no-op", "ansible.builtin.command": "true"}])
         work.add("module_default", module_task())
+        work.add("module_native", module_task("native"))
         work.add("builtin", builtin_tasks())
         work.add("warm", warm_up())
         work.add("warm_module", warm_up() + module_task())

@@ -16,9 +16,12 @@ SERIES = (  # key in the scaling table, label, colour, dashed
     ("nft", "rerun", "nft, no-op re-run", "#1f77b4", True),
     ("legacy", "apply", "legacy, first apply", "#d62728", False),
     ("legacy", "rerun", "legacy, no-op re-run", "#d62728", True),
+    ("native", "apply", "native nftables, first apply", "#ff7f0e", False),
+    ("native", "rerun", "native nftables, no-op re-run", "#ff7f0e", True),
 )
 STRING_COLOUR = "#9467bd"  # nft apply, the CIDRs as one comma-separated string
-WIDTH, HEIGHT = 900, 380
+WIDTH, HEIGHT = 900, 400
+LEGEND_COLUMNS, LEGEND_STEP = 4, 215  # legend entries per row, and their spacing
 PANEL_W, PANEL_H = 340, 250
 TOP, LEFT = 50, 70
 
@@ -76,7 +79,13 @@ def _panel(out, x0, title, sizes, values, unit, target=None, extra=None):
                    % (px(n - 1), py(extra), STRING_COLOUR))
 
 
-def write_svg(path, sizes, table, backends=("nft", "legacy"), measure="Task cost, net of ansible-playbook start-up"):
+def _legend_spot(entry):
+    """Where legend entry number ``entry`` goes: rows of LEGEND_COLUMNS under the panels."""
+    return 20 + (entry % LEGEND_COLUMNS) * LEGEND_STEP, HEIGHT - 44 + (entry // LEGEND_COLUMNS) * 22
+
+
+def write_svg(path, sizes, table, backends=("nft", "legacy", "native"),
+              measure="Task cost, net of ansible-playbook start-up"):
     """``table["nft 1000"]["apply"]`` etc. as produced by bench.scaling_table; ``measure`` names the baseline."""
     shown = [i for i, s in enumerate(SERIES) if s[0] in backends]
     seconds = {i: [table["%s %d" % (SERIES[i][0], n)][SERIES[i][1]] for n in sizes] for i in shown}
@@ -89,18 +98,17 @@ def write_svg(path, sizes, table, backends=("nft", "legacy"), measure="Task cost
            extra=string["apply"] if string else None)
     _panel(out, LEFT + PANEL_W + 110, "Cost relative to 0 CIDRs", sizes, ratios, "x cost with 0 CIDRs", target=2,
            extra=string["apply ratio"] if string else None)
-    legend_y = HEIGHT - 22
-    x = 20
-    for i in shown:
+    for entry, i in enumerate(shown):
         label, colour, dashed = SERIES[i][2:]
+        x, legend_y = _legend_spot(entry)
         out.append('<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="%s" stroke-width="2"%s/>'
                    % (x, legend_y, x + 26, legend_y, colour, ' stroke-dasharray="5,3"' if dashed else ""))
         out.append('<text x="%d" y="%d" font-size="12">%s</text>' % (x + 31, legend_y + 4, escape(label)))
-        x += 165
     if string:
+        x, legend_y = _legend_spot(len(shown))
         out.append('<circle cx="%d" cy="%d" r="5" fill="none" stroke="%s" stroke-width="2"/>'
-                   % (x + 8, legend_y, STRING_COLOUR))
-        out.append('<text x="%d" y="%d" font-size="12">nft, apply, one string</text>' % (x + 18, legend_y + 4))
+                   % (x + 13, legend_y, STRING_COLOUR))
+        out.append('<text x="%d" y="%d" font-size="12">nft, apply, one string</text>' % (x + 31, legend_y + 4))
     out.append("</svg>")
     with open(path, "w") as handle:
         handle.write("\n".join(out) + "\n")

@@ -12,7 +12,8 @@ Prints, for a first apply on a fresh namespace and a no-op re-run:
   backend a cProfile of the forked python-iptables children, which the parent's profiler cannot see.
 
 Needs root and two fresh namespaces made by the caller (bench.py does that); acts only in them.
-Example: ``python profile_module.py --backend legacy --cidrs 10000 --netns A --profile-netns B``.
+Example: ``python profile_module.py --backend legacy --cidrs 10000 --netns A --profile-netns B``;
+``--backend native`` runs native nftables mode (``native_nftables: true``, Istio's inet tables).
 """
 
 from __future__ import annotations
@@ -43,27 +44,30 @@ def _collection_root():
 sys.path.insert(0, _collection_root())
 
 # pylint: disable=wrong-import-position
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture import options as capture_options
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture import run as capture_run
 from ansible_collections.meshops.sidecar.plugins.module_utils._system import namespace
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture import routes
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import iptables_legacy, iptables_nft
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import nftables
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture import nft_reconcile
 
-# The module's argument_spec defaults (plugins/modules/istio_redirect_chains.py).
-DEFAULTS = dict(
-    netns=None, state="present", backend="auto", proxy_port=15001, inbound_capture_port=15006,
-    inbound_tunnel_port=15008, proxy_uid=["1337"], proxy_gid=None, inbound_interception_mode="REDIRECT",
-    tproxy_mark=1337, tproxy_route_table=133, inbound_ports=["*"], exclude_inbound_ports=["15090", "15021", "15020"],
-    outbound_ip_ranges=["*"], exclude_outbound_ip_ranges=[], outbound_ports=[], exclude_outbound_ports=[],
-    exclude_interfaces=[], reroute_virtual_interfaces=[], outbound_owner_groups=["*"],
-    exclude_outbound_owner_groups=[], capture_dns=False, capture_all_dns=False, dns_servers=None, ipv6=None,
-    ipv4_loopback_cidr="127.0.0.1/32", drop_invalid=False, verify=False,
-)
+# The module's argument_spec defaults, from the one option schema (so a new option needs nothing here).
+DEFAULTS = {name: spec.get("default") for name, spec in capture_options.argument_spec().items()}
 CHILD_DIR = tempfile.mkdtemp(prefix="meshops-profile-")
 PHASES = {}
+COMMANDS = []  # the commands one run started, each as "tool subcommand"
+DIFF = False  # --diff: as a task run with ansible-playbook --diff
+
+
+def _command_name(argv):
+    words = [os.path.basename(argv[0])] + [word for word in argv[1:3] if not word.startswith("-")]
+    return " ".join(words[:2])
 
 
 def run(argv, data=None):
     """What the module's ``run`` does: AnsibleModule.run_command with C locale, text out."""
+    COMMANDS.append(_command_name(argv))
     proc = subprocess.run(argv, input=data, capture_output=True, text=True, check=False,
                           env=dict(os.environ, LANGUAGE="C", LC_ALL="C"))
     return proc.returncode, proc.stdout, proc.stderr
@@ -118,10 +122,17 @@ def instrument():
                        ("owned_state", "owned state"), ("plan_changes", "compare"), ("render_state", "render"),
                        ("restore_text", "render"), ("select_backend", "select backend")):
         setattr(capture_run, attr, _timed(name, getattr(capture_run, attr)))
+    if hasattr(capture_run, "plan_ruleset"):  # native mode
+        capture_run.plan_ruleset = _timed("native plan", capture_run.plan_ruleset)
+        for attr, name in (("desired_state", "native desired state"), ("live_state", "native live state"),
+                           ("plan_changes", "native compare")):
+            setattr(nft_reconcile, attr, _timed(name, getattr(nft_reconcile, attr)))
     namespace.enter = _timed("enter netns", namespace.enter)
     for cls in (iptables_nft.NftBackend, iptables_legacy.LegacyBackend):
         cls.read = _timed("read rules", cls.read)
         cls.apply = _timed("apply", cls.apply)
+    nftables.NftablesBackend.read = _timed("read native tables (nft -j)", nftables.NftablesBackend.read)
+    nftables.NftablesBackend.apply = _timed("apply native (nft -f)", nftables.NftablesBackend.apply)
     capture_run.CaptureRun._warn_about_other_backend = _timed(  # pylint: disable=protected-access
         "other backend check", capture_run.CaptureRun._warn_about_other_backend)  # pylint: disable=protected-access
     routes.RouteManager.policy_routes = _timed("routes", routes.RouteManager.policy_routes)
@@ -139,10 +150,15 @@ class _Runner:
 
 def execute(netns, backend, count):
     base = int(ipaddress.IPv4Address("198.18.0.0"))
-    params = dict(DEFAULTS, netns=netns, backend=backend,
-                  exclude_outbound_ip_ranges=["%s/32" % ipaddress.IPv4Address(base + i) for i in range(count)])
+    params = dict(DEFAULTS, netns=netns, exclude_outbound_ip_ranges=[
+        "%s/32" % ipaddress.IPv4Address(base + i) for i in range(count)])
+    if backend == "native":
+        params["native_nftables"] = True
+    else:
+        params["backend"] = backend
     warnings = []
-    runner = capture_run.CaptureRun(params, False, _Runner(), warnings.append)
+    # As the bench's tasks run: not in check mode, and without --diff (the before/after text is then not built).
+    runner = capture_run.CaptureRun(params, False, _Runner(), warnings.append, diff_mode=DIFF)
     result = runner.execute()
     return result, warnings
 
@@ -163,6 +179,7 @@ def _cpu():
 
 def measure(netns, backend, count):
     PHASES.clear()
+    del COMMANDS[:]
     for path in glob.glob(os.path.join(CHILD_DIR, "*")):
         os.unlink(path)
     start, cpu_start = time.perf_counter(), _cpu()
@@ -175,7 +192,7 @@ def measure(netns, backend, count):
             phases["legacy children: python-iptables work"] = work
             phases["legacy children: fork, import iptc, IPC"] = phases["legacy children (whole)"] - work
     return {"total": total, "cpu": cpu, "changed": result["changed"], "backend": result["backend"], "phases": phases,
-            "warnings": warnings}
+            "warnings": warnings, "commands": list(COMMANDS)}
 
 
 def print_profile(title, stats_source, limit):
@@ -212,13 +229,17 @@ def profiled(netns, backend, count, label, limit):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
-    parser.add_argument("--backend", choices=("nft", "legacy"), required=True)
+    parser.add_argument("--backend", choices=("nft", "legacy", "native"), required=True,
+                        help="an iptables backend, or native nftables mode")
     parser.add_argument("--cidrs", type=int, default=10000)
     parser.add_argument("--netns", required=True, help="fresh namespace for the timed runs")
     parser.add_argument("--profile-netns", help="fresh namespace for the profiled runs (none: no cProfile)")
     parser.add_argument("--limit", type=int, default=18, help="functions listed per profile")
     parser.add_argument("--json", help="write the timed summary here")
+    parser.add_argument("--diff", action="store_true", help="as with ansible-playbook --diff (builds the before/after text)")
     args = parser.parse_args()
+    global DIFF  # pylint: disable=global-statement
+    DIFF = args.diff
     for name in (args.netns, args.profile_netns):
         if name is not None and not namespace.exists(name):
             raise SystemExit("no namespace %r" % name)
@@ -233,6 +254,7 @@ def main():
             args.backend, "first apply" if expected else "no-op re-run", args.cidrs, summary[label]["total"],
             summary[label]["cpu"],
             ", ".join("%s %.3f" % kv for kv in sorted(summary[label]["phases"].items(), key=lambda kv: -kv[1]))))
+        print("    %d commands: %s" % (len(summary[label]["commands"]), ", ".join(summary[label]["commands"])))
     if args.profile_netns:
         wrap_children(profile=True)
         for label in ("first apply", "no-op re-run"):

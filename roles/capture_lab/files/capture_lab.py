@@ -11,6 +11,9 @@ Subcommands:
           the DNS proxy do), and answer every connection or datagram with one JSON line that
           says who answered, on which local address, what the original destination was before
           NAT, and (for a client in the same namespace) the uid that owns the client socket.
+          ``--tproxy`` ports are listened on as a TPROXY-mode proxy does (IP_TRANSPARENT /
+          IPV6_TRANSPARENT): TPROXY does not rewrite the destination, so the connection's own
+          local address is its original destination.
   probe   Connect (TCP) or send a datagram (UDP) from inside a namespace, as a given uid/gid,
           and print the answer (or the error) as one JSON line.
   stop    Stop a server started by ``serve``, by its pidfile.
@@ -49,6 +52,10 @@ SO_ORIGINAL_DST = 80  # <linux/netfilter_ipv4.h>, level SOL_IP, returns a struct
 IP6T_SO_ORIGINAL_DST = 80  # <linux/netfilter_ipv6/ip6_tables.h>, level SOL_IPV6, a struct sockaddr_in6
 SOCKADDR_IN_SIZE = 16
 SOCKADDR_IN6_SIZE = 28
+
+# A listener the TPROXY target may hand connections addressed elsewhere (<linux/in.h>, <linux/in6.h>).
+IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
+IPV6_TRANSPARENT = getattr(socket, "IPV6_TRANSPARENT", 75)
 
 # Ancillary data that tells a UDP server which local address a datagram was sent to.
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
@@ -207,6 +214,9 @@ def find_socket_uid(proc_net_text, host, port):
 # --------------------------------------------------------------------------------------------
 
 
+# The same ten lines as plugins/module_utils/_system/namespace.py, on purpose: this file is copied to
+# targets and run on its own (ansible-test's needs/file, molecule, the demo), and it is the oracle the
+# tests check the engine against, so it must not share the engine's code.
 def _setns(fd):
     if hasattr(os, "setns"):  # Python >= 3.12
         os.setns(fd, CLONE_NEWNET)
@@ -313,8 +323,12 @@ def _raise_stop(signum, _frame):
     raise _Stop(signal.Signals(signum).name)
 
 
-def open_server_socket(family, kind, port):
-    """A socket bound to the wildcard address of ``family``; None when the namespace has no IPv6."""
+def open_server_socket(family, kind, port, transparent=False):
+    """A socket bound to the wildcard address of ``family``; None when the namespace has no IPv6.
+
+    ``transparent`` (TCP): IP_TRANSPARENT / IPV6_TRANSPARENT, which needs CAP_NET_ADMIN; without it the
+    kernel's TPROXY target finds no socket to hand a connection to, and drops it.
+    """
     try:
         sock = socket.socket(family, kind)
     except OSError as exc:
@@ -326,6 +340,11 @@ def open_server_socket(family, kind, port):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if transparent:
+            if family == socket.AF_INET6:
+                sock.setsockopt(SOL_IPV6, IPV6_TRANSPARENT, 1)
+            else:
+                sock.setsockopt(SOL_IP, IP_TRANSPARENT, 1)
         if kind == socket.SOCK_DGRAM:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
@@ -341,19 +360,23 @@ def open_server_socket(family, kind, port):
             return None
         proto = "tcp" if kind == socket.SOCK_STREAM else "udp"
         hint = " (ports below 1024 need root: serve them without --uid)" if exc.errno == errno.EACCES else ""
-        raise LabError("cannot listen on %s/%s: %s%s"
-                       % (format_endpoint(wildcard, port), proto, exc.strerror, hint)) from None
+        if transparent and exc.errno == errno.EPERM:
+            hint = " (IP_TRANSPARENT needs CAP_NET_ADMIN)"
+        raise LabError("cannot listen on %s/%s%s: %s%s"
+                       % (format_endpoint(wildcard, port), proto, " (transparent)" if transparent else "",
+                          exc.strerror, hint)) from None
     return sock
 
 
-def open_server_sockets(tcp_ports, udp_ports):
+def open_server_sockets(tcp_ports, udp_ports, tproxy_ports=()):
     """Bind every requested port on 0.0.0.0 and on :: (IPv6 skipped when unavailable)."""
     sockets = []
     try:
-        for kind, ports in ((socket.SOCK_STREAM, tcp_ports), (socket.SOCK_DGRAM, udp_ports)):
+        for kind, ports, transparent in ((socket.SOCK_STREAM, tcp_ports, False), (socket.SOCK_DGRAM, udp_ports, False),
+                                         (socket.SOCK_STREAM, tproxy_ports, True)):
             for port in ports:
                 for family in (socket.AF_INET, socket.AF_INET6):
-                    sock = open_server_socket(family, kind, port)
+                    sock = open_server_socket(family, kind, port, transparent)
                     if sock is not None:
                         sockets.append(sock)
     except BaseException:
@@ -363,9 +386,13 @@ def open_server_sockets(tcp_ports, udp_ports):
     return sockets
 
 
-def make_reply(label, proto, local, original_dst, peer, peer_uid):
-    """The JSON object a server sends for each connection or datagram."""
-    return {
+def make_reply(label, proto, local, original_dst, peer, peer_uid, listener=None):
+    """The JSON object a server sends for each connection or datagram.
+
+    ``listener``: only for a connection a transparent (``--tproxy``) listener accepted, the address that
+    listener is bound to; ``local`` is then the address the client connected to.
+    """
+    reply = {
         "served_by": label,
         "proto": proto,
         "local": local,
@@ -373,6 +400,22 @@ def make_reply(label, proto, local, original_dst, peer, peer_uid):
         "peer": peer,
         "peer_uid": peer_uid,
     }
+    if listener is not None:
+        reply["listener"] = listener
+    return reply
+
+
+def is_transparent(sock):
+    """True for a listener opened with ``--tproxy`` (IP_TRANSPARENT / IPV6_TRANSPARENT set)."""
+    if sock.family == socket.AF_INET6:
+        return bool(sock.getsockopt(SOL_IPV6, IPV6_TRANSPARENT))
+    return bool(sock.getsockopt(SOL_IP, IP_TRANSPARENT))
+
+
+def tproxy_destination(local, listen_port):
+    """The original destination of a connection a transparent listener accepted: its local address,
+    which TPROXY leaves as the client sent it; None for a connection made to the listener's own port."""
+    return None if local[1] == listen_port else format_endpoint(*local[:2])
 
 
 def original_destination(conn):
@@ -399,7 +442,7 @@ def local_peer_uid(family, host, port):
         return None
 
 
-def answer_tcp(label, listener):
+def answer_tcp(label, listener, transparent=False):
     try:
         conn, peer = listener.accept()
     except (BlockingIOError, InterruptedError, ConnectionAbortedError):
@@ -407,13 +450,15 @@ def answer_tcp(label, listener):
     with conn:
         conn.settimeout(2.0)
         local = conn.getsockname()
+        bound = listener.getsockname()
         reply = make_reply(
             label,
             "tcp",
             format_endpoint(*local[:2]),
-            original_destination(conn),
+            tproxy_destination(local, bound[1]) if transparent else original_destination(conn),
             format_endpoint(*peer[:2]),
             local_peer_uid(conn.family, peer[0], peer[1]),
+            format_endpoint(*bound[:2]) if transparent else None,
         )
         try:
             conn.sendall((json.dumps(reply) + "\n").encode())
@@ -463,6 +508,7 @@ def answer_udp(label, sock):
 def serve_forever(label, sockets, max_seconds):
     """Answer connections and datagrams one at a time until SIGTERM or ``max_seconds``."""
     deadline = time.monotonic() + max_seconds
+    transparent = {sock for sock in sockets if sock.type == socket.SOCK_STREAM and is_transparent(sock)}
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -471,13 +517,14 @@ def serve_forever(label, sockets, max_seconds):
         readable = select.select(sockets, [], [], remaining)[0]
         for sock in readable:
             if sock.type == socket.SOCK_STREAM:
-                answer_tcp(label, sock)
+                answer_tcp(label, sock, sock in transparent)
             else:
                 answer_udp(label, sock)
 
 
 def describe_sockets(sockets):
-    return [format_endpoint(*sock.getsockname()[:2]) + ("/tcp" if sock.type == socket.SOCK_STREAM else "/udp")
+    return [format_endpoint(*sock.getsockname()[:2]) + ("/udp" if sock.type == socket.SOCK_DGRAM else
+                                                        "/tcp (transparent)" if is_transparent(sock) else "/tcp")
             for sock in sockets]
 
 
@@ -507,7 +554,7 @@ def _report(fd, message):
     os.close(fd)
 
 
-def run_daemon(args, tcp_ports, udp_ports, log_fd, ready_fd):
+def run_daemon(args, tcp_ports, udp_ports, tproxy_ports, log_fd, ready_fd):
     """Body of the background server (the grandchild of the caller). Never returns.
 
     It tells the waiting caller, through ``ready_fd``, either ``{"pid": ..., "listening": [...]}``
@@ -520,16 +567,25 @@ def run_daemon(args, tcp_ports, udp_ports, log_fd, ready_fd):
         _detach_stdio(log_fd)
         logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                             format="%(asctime)s capture_lab[%(process)d] %(message)s")
+        sockets = []
         try:
             enter_netns(args.netns)
-            # Before the sockets: netfilter's owner match sees who created a socket, so a stand-in
+            # Transparent listeners first, while still root: IP_TRANSPARENT needs CAP_NET_ADMIN, which
+            # Envoy keeps as the proxy uid and this tool does not. Only an inbound listener is transparent,
+            # and what it accepts only ever answers (no new connection), so its owner matches no rule.
+            sockets = open_server_sockets((), (), tproxy_ports)
+            # Before the other sockets: netfilter's owner match sees who created a socket, so a stand-in
             # proxy must create its sockets as the proxy uid (DNS capture's conntrack-zone rules need it).
             become(args.uid, args.gid)
-            sockets = open_server_sockets(tcp_ports, udp_ports)
+            sockets += open_server_sockets(tcp_ports, udp_ports)
         except LabError as exc:
+            for sock in sockets:
+                sock.close()
             _report(ready_fd, {"error": str(exc)})
             return
         except OSError as exc:
+            for sock in sockets:
+                sock.close()
             _report(ready_fd, {"error": "cannot run as uid %s gid %s: %s" % (args.uid, args.gid, exc.strerror)})
             return
         signal.signal(signal.SIGTERM, _raise_stop)
@@ -584,8 +640,12 @@ def write_pidfile(path, pid):
 def cmd_serve(args):
     tcp_ports = parse_ports(args.tcp)
     udp_ports = parse_ports(args.udp)
-    if not tcp_ports and not udp_ports:
-        raise UsageError("give at least one --tcp or --udp port")
+    tproxy_ports = parse_ports(args.tproxy)
+    if not tcp_ports and not udp_ports and not tproxy_ports:
+        raise UsageError("give at least one --tcp or --udp port (or --tproxy port)")
+    both = sorted(set(tcp_ports) & set(tproxy_ports))
+    if both:
+        raise UsageError("TCP port %s is in both --tcp and --tproxy" % ",".join(str(port) for port in both))
     if not args.label:
         raise UsageError("--label must not be empty")
     args.pidfile = os.path.abspath(args.pidfile)
@@ -609,7 +669,7 @@ def cmd_serve(args):
             os.close(ready_r)
             os.setsid()
             if os.fork() == 0:  # the daemon, re-parented once its parent exits: it can never get a terminal
-                run_daemon(args, tcp_ports, udp_ports, log_fd, ready_w)
+                run_daemon(args, tcp_ports, udp_ports, tproxy_ports, log_fd, ready_w)
         finally:
             os._exit(0)
     # The caller: wait for the daemon to bind everything, then write its pidfile and report.
@@ -876,7 +936,8 @@ def went_to(result, proxy_label, capture_ports):
         return "refused" if result["error"] == "connection refused" else result["error"]
     label = str(result.get("served_by"))
     try:
-        port = parse_endpoint(str(result.get("local")))[1]
+        # A transparent listener's connections keep their own local port: the listener's port tells the capture.
+        port = parse_endpoint(str(result.get("listener") or result.get("local")))[1]
     except UsageError:
         return label
     if label == proxy_label and port in capture_ports:
@@ -1000,6 +1061,10 @@ def build_parser():
     serve.add_argument("--label", required=True, help="name this server reports as served_by")
     serve.add_argument("--tcp", default="", metavar="PORTS", help="comma-separated TCP ports")
     serve.add_argument("--udp", default="", metavar="PORTS", help="comma-separated UDP ports")
+    serve.add_argument("--tproxy", default="", metavar="PORTS",
+                       help="comma-separated TCP ports to listen on as a TPROXY-mode proxy (IP_TRANSPARENT, "
+                            "IPV6_TRANSPARENT; needs root): the answer's original_dst is the connection's "
+                            "local address, its listener the port it arrived on")
     serve.add_argument("--uid", type=_argtype(_id_number),
                        help="numeric uid to serve as, e.g. the proxy's 1337 (default: stay root)")
     serve.add_argument("--gid", type=_argtype(_id_number), help="numeric gid to serve as (default: stay root)")

@@ -20,6 +20,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import List, Tuple
 
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import address_text
+
 # Options that take no value; every other option takes exactly one.
 _FLAG_OPTIONS = frozenset(("--save-mark", "--restore-mark"))
 # Options of the implicit match that ``-p tcp|udp`` loads.
@@ -123,7 +125,7 @@ def _address(value, family):
     network = ipaddress.ip_network(value, strict=False)
     if (network.version == 4) != (family == "ipv4"):
         raise ValueError("address %s is not %s" % (value, family))
-    return "%s/%d" % (network.network_address.compressed, network.prefixlen)
+    return "%s/%d" % (address_text(network.network_address), network.prefixlen)
 
 
 def _hex_mark(value):

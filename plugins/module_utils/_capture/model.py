@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -24,6 +25,14 @@ DNS_PROXY_PORT = 15053  # istio-agent's DNS listener; not configurable in Istio 
 OUTBOUND_MARK = 1338  # marks proxy traffic to the workload itself in TPROXY mode
 LOOPBACK_V6 = "::1/128"
 PASSTHROUGH_SOURCE = {IPV4: "127.0.0.6/32", IPV6: "::6/128"}
+
+
+def address_text(address):
+    """An ``ipaddress`` address as iptables-save and nft print it (inet_ntop): ``::ffff:198.18.0.9``,
+    where Python writes ``::ffff:c612:9``. Every rule text of the collection spells addresses so."""
+    if address.version == 6:
+        return socket.inet_ntop(socket.AF_INET6, address.packed)
+    return address.compressed
 
 
 @dataclass(frozen=True)

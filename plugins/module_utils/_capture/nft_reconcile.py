@@ -26,7 +26,7 @@ import ipaddress
 import json
 from collections import namedtuple
 
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.options import address_text
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import address_text
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_plan import (
     FAMILY,
     TABLE_PREFIX,

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import socket
 
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import IPV4, IPV6, CaptureOptions
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import IPV4, IPV6, CaptureOptions, address_text
 from ansible_collections.meshops.sidecar.plugins.module_utils._system.kernel_names import ifname_error
 
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
@@ -154,13 +153,6 @@ def _cidr(option, text):
         raise OptionError(option, text, "not a CIDR (%s)" % exc)
     family = IPV4 if interface.version == 4 else IPV6
     return family, "%s/%d" % (address_text(interface.ip), interface.network.prefixlen)
-
-
-def address_text(address):
-    """An address as iptables and nft print it (inet_ntop): ``::ffff:198.18.0.9``, not Python's ``::ffff:c612:9``."""
-    if address.version == 6:
-        return socket.inet_ntop(socket.AF_INET6, address.packed)
-    return address.compressed
 
 
 def _address(option, text):

@@ -119,6 +119,8 @@ def save(path, claims, stamp=None):
             json.dump(data, handle, indent=1, sort_keys=True)
             handle.flush()
             os.fsync(handle.fileno())
+        if os.path.isdir(path):
+            os.rmdir(path)  # an empty directory in our place (damage): the record goes there; a full one fails
         os.replace(handle.name, path)
     except BaseException:
         try:

@@ -34,7 +34,7 @@ import time
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import BackendError
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.iptables_nft import commit_order
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.iptables_text import TableDump, parse_rule
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import CAPTURE_TABLES, IPV4
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import CAPTURE_TABLES, IPV4, address_text
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.reconcile import Op
 from ansible_collections.meshops.sidecar.plugins.module_utils._system.child import ChildError, run_in_child
 
@@ -550,5 +550,5 @@ def _address_tokens(flag, value):
             return [flag, value[:-len("/255.255.255.255")] + "/32"]
     network = ipaddress.ip_network(value.lstrip("!"), strict=False)
     if network.prefixlen or negated:
-        return (["!"] if negated else []) + [flag, "%s/%d" % (network.network_address.compressed, network.prefixlen)]
+        return (["!"] if negated else []) + [flag, "%s/%d" % (address_text(network.network_address), network.prefixlen)]
     return []

@@ -12,6 +12,8 @@ import shlex
 
 import pytest
 
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import address_text
+
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture import iptables_text
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.iptables_text import (
     _address,
@@ -21,11 +23,11 @@ from ansible_collections.meshops.sidecar.plugins.module_utils._capture.iptables_
 
 
 def reference_address(value, family):
-    """_address before the shortcut: always through ipaddress."""
+    """_address before the shortcut: always through ipaddress, written as inet_ntop (iptables-save) prints it."""
     network = ipaddress.ip_network(value, strict=False)
     if (network.version == 4) != (family == "ipv4"):
         raise ValueError("address %s is not %s" % (value, family))
-    return "%s/%d" % (network.network_address.compressed, network.prefixlen)
+    return "%s/%d" % (address_text(network.network_address), network.prefixlen)
 
 
 @pytest.mark.parametrize("value", [

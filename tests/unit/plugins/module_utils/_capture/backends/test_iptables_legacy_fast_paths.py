@@ -14,6 +14,8 @@ import struct
 
 import pytest
 
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import address_text
+
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import iptables_legacy
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.iptables_text import parse_rule
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.iptables_legacy import _address_tokens
@@ -24,7 +26,7 @@ def reference(flag, value):
     negated = value.startswith("!")
     network = ipaddress.ip_network(value.lstrip("!"), strict=False)
     if network.prefixlen or negated:
-        return (["!"] if negated else []) + [flag, "%s/%d" % (network.network_address.compressed, network.prefixlen)]
+        return (["!"] if negated else []) + [flag, "%s/%d" % (address_text(network.network_address), network.prefixlen)]
     return []
 
 

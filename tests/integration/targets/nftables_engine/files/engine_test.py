@@ -96,6 +96,21 @@ class NamespaceRunner(ProcessRunner):
         return super().run(["ip", "netns", "exec", self.ns] + list(argv), data)
 
 
+class NamespaceBackend(NftablesBackend):
+    """The backend over a NamespaceRunner. The module enters the namespace before it uses the backend,
+    so the backend's netlink requests (table names, generation) are answered there; this test stays
+    in the host namespace and drives several namespaces at once, so it asks nft through the runner.
+    The netlink path is tested through the module (istio_redirect_chains target, tests/native.yml)."""
+
+    @staticmethod
+    def inet_table_names():
+        return None
+
+    @staticmethod
+    def generation():
+        return None
+
+
 def sh(*argv, data=None):
     proc = subprocess.run(argv, input=data, universal_newlines=True, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, check=False)
@@ -144,7 +159,7 @@ def test_goldens_load_and_read_back():
         ns = new_ns("g")
         with open(os.path.join(GOLDENS, name + ".nft")) as handle:
             nft(ns, "-f", "-", data=handle.read())
-        backend = NftablesBackend(NamespaceRunner(ns))
+        backend = NamespaceBackend(NamespaceRunner(ns))
         check(live_state(backend.read()) == desired_state(plan_ruleset(opts)), "golden %s: kernel differs" % name)
         check(converge(backend, opts) == [], "golden %s: a converge after Istio's apply changed something" % name)
         sh("ip", "netns", "delete", ns)
@@ -158,7 +173,7 @@ def test_configs_converge_and_rerun_writes_nothing():
         nft(ns, "-f", "-", data=USER_TABLE)
         before = user_table(ns)
         runner = NamespaceRunner(ns)
-        backend = NftablesBackend(runner)
+        backend = NamespaceBackend(runner)
         check(backend.missing() == [], "nft missing: %s" % backend.missing())
         check(converge(backend, opts), "%s: first apply planned nothing" % name)
         check(live_state(backend.read()) == desired_state(plan_ruleset(opts)), "%s: kernel differs after" % name)
@@ -183,7 +198,7 @@ def test_configs_converge_and_rerun_writes_nothing():
 
 def test_mode_changes_converge_to_a_fresh_apply():
     ns, fresh = new_ns("m"), new_ns("f")
-    backend, fresh_backend = NftablesBackend(NamespaceRunner(ns)), NftablesBackend(NamespaceRunner(fresh))
+    backend, fresh_backend = NamespaceBackend(NamespaceRunner(ns)), NamespaceBackend(NamespaceRunner(fresh))
     sequence = [DEFAULTS, TPROXY_DUAL, VM_DNS, CONFIGS["exclusions"], DEFAULTS]
     for opts in sequence:
         converge(backend, opts)
@@ -203,7 +218,7 @@ def test_drift_is_repaired_in_one_transaction():
     nft(ns, "-f", "-", data=USER_TABLE)
     before = user_table(ns)
     runner = NamespaceRunner(ns)
-    backend = NftablesBackend(runner)
+    backend = NamespaceBackend(runner)
     converge(backend, VM_DNS)
     want = desired_state(plan_ruleset(VM_DNS))
     nat = "istio-proxy-nat"
@@ -236,7 +251,7 @@ def test_live_redirect_to_the_outbound_listener():
     sh("ip", "-n", peer, "addr", "add", "198.18.200.2/30", "dev", veth_p)
     sh("ip", "-n", work, "link", "set", veth_w, "up")
     sh("ip", "-n", peer, "link", "set", veth_p, "up")
-    converge(NftablesBackend(NamespaceRunner(work)), DEFAULTS)
+    converge(NamespaceBackend(NamespaceRunner(work)), DEFAULTS)
     listener = subprocess.Popen(["ip", "netns", "exec", work, sys.executable, __file__, "--listen", "15001"],
                                 stdout=subprocess.PIPE, universal_newlines=True)
     try:
@@ -275,7 +290,7 @@ def timings():
                                                            for i in range(10000)))
     for name, opts in (("defaults", DEFAULTS), ("10000-cidrs", many)):
         ns = new_ns("t")
-        backend = NftablesBackend(NamespaceRunner(ns))
+        backend = NamespaceBackend(NamespaceRunner(ns))
         start = time.perf_counter()
         converge(backend, opts)
         first = time.perf_counter() - start

@@ -56,7 +56,7 @@ from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends 
 )
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.nftables import NftablesBackend
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture import nft_reconcile
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_plan import plan_ruleset
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_plan import TABLE_PREFIX, plan_ruleset
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_render import render_state as render_tables
 
 _FAMILY_TITLE = {IPV4: "IPv4", IPV6: "IPv6"}
@@ -278,7 +278,10 @@ class CaptureRun:
         plan.generation = plan.backend.generation()
         stamp = ownership.load_stamp(self.record)
         proven = {"generation": plan.generation, "digest": plan.digest}
-        if self.native and plan.generation is not None and stamp == proven:
+        # The stamp is keyed by the namespace's inode, which the kernel reuses for a later namespace:
+        # Istio's tables must also be there, by name, exactly those of the plan.
+        if (self.native and plan.generation is not None and stamp == proven
+                and self._istio_table_names(plan) == sorted(table.name for table in plan.tables)):
             plan.before = None
             self.native_stamp = stamp
             return plan
@@ -299,6 +302,11 @@ class CaptureRun:
         if self.native and not plan.changes and plan.generation is not None:
             self.native_stamp = {"generation": plan.generation, "digest": plan.digest}
         return plan
+
+    @staticmethod
+    def _istio_table_names(plan):
+        names = plan.backend.inet_table_names()
+        return None if names is None else sorted(name for name in names if name.startswith(TABLE_PREFIX))
 
     def _load_record(self):
         self.record = ownership.record_path(self.netns, namespace.inode_of())

@@ -275,6 +275,8 @@ def test_native_no_op_is_proven_by_the_generation_without_listing_the_tables(moc
 
     generation = [5]
     mocker.patch.object(nftables.NftablesBackend, "generation", staticmethod(lambda: generation[0]))
+    tables = [["userfilter"]]  # what netlink lists: after the apply, Istio's nat table too
+    mocker.patch.object(nftables.NftablesBackend, "inet_table_names", staticmethod(lambda: tables[0]))
     target = NftTarget(EMPTY_NAT)
     applied = target.run_command
 
@@ -286,6 +288,9 @@ def test_native_no_op_is_proven_by_the_generation_without_listing_the_tables(moc
     target.run_command = commit_bumps_generation
     assert run_module(mocker, capsys, target, native_nftables=True, ipv6=False)["changed"] is True
     assert generation[0] == 6
+    # A namespace made later with the same inode (the kernel reuses them) lacks the tables: no shortcut.
+    assert run_module(mocker, capsys, target, native_nftables=True, ipv6=False, _ansible_check_mode=True)["changed"] is True
+    tables[0] = ["userfilter", "istio-proxy-nat"]
     # Same generation, same plan: the stamp says the tables are the plan, nothing is listed or written.
     target.calls = []
     result = run_module(mocker, capsys, target, native_nftables=True, ipv6=False)
@@ -296,9 +301,9 @@ def test_native_no_op_is_proven_by_the_generation_without_listing_the_tables(moc
     target.calls = []
     assert run_module(mocker, capsys, target, native_nftables=True, ipv6=False,
                       exclude_outbound_ports=["9090"])["changed"] is True
-    assert ["nft", "-j", "list", "tables"] in [args for args, dummy in target.calls]
+    assert ["nft", "-j", "list", "table", "inet", "istio-proxy-nat"] in [args for args, dummy in target.calls]
     # Someone else committed: the generation moved, the tables are read again.
     generation[0] += 1
     target.calls = []
     run_module(mocker, capsys, target, native_nftables=True, ipv6=False, exclude_outbound_ports=["9090"])
-    assert ["nft", "-j", "list", "tables"] in [args for args, dummy in target.calls]
+    assert ["nft", "-j", "list", "table", "inet", "istio-proxy-nat"] in [args for args, dummy in target.calls]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import BackendError
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.base import BackendError
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import iptables_legacy
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.iptables_text import (
     TableDump,

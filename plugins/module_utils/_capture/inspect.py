@@ -27,7 +27,7 @@ from ansible_collections.meshops.sidecar.plugins.module_utils._capture import (
     nft_render,
     ownership,
 )
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import (
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.selection import (
     BackendError,
     make_backends,
     select_backend,

@@ -49,7 +49,7 @@ from ansible_collections.meshops.sidecar.plugins.module_utils._capture.reconcile
 )
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.routes import RouteManager, desired_policy_routes
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.verify import VerifyError, verify_capture
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import (
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.selection import (
     BackendError,
     make_backends,
     select_backend,

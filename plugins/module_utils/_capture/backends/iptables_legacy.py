@@ -31,7 +31,7 @@ import socket
 import sys
 import time
 
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import BackendError
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.base import BackendError
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.iptables_nft import commit_order
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.iptables_text import TableDump, parse_rule
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import CAPTURE_TABLES, IPV4, address_text

@@ -21,7 +21,7 @@ which tables were committed and whether they were put back. Tables are committed
 
 from __future__ import annotations
 
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import BackendError
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.base import BackendError
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.iptables_text import parse_save
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import BUILTIN_CHAINS, IPV4
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.reconcile import (

@@ -19,7 +19,7 @@ import re
 import socket
 import struct
 
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import BackendError
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.base import BackendError
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_plan import FAMILY, TABLE_PREFIX
 
 MIN_VERSION = (1, 0, 1)  # Istio's minimum: older nft lacks what its rules need

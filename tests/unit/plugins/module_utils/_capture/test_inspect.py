@@ -14,7 +14,7 @@ import os
 import pytest
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture import counters, inspect
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import BackendError
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.base import BackendError
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.iptables_text import parse_save
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import IPV4, CaptureOptions
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_plan import plan_ruleset

@@ -18,7 +18,7 @@ import os
 
 import pytest
 
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import BackendError
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.base import BackendError
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.nftables import (
     NftablesBackend,
     parse_version,

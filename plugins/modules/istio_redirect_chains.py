@@ -227,6 +227,23 @@ options:
         nothing (counters are kept), and a table that differs from the plan is rebuilt in the same transaction.
     type: bool
     default: false
+  cidr_sets:
+    description:
+      - Match O(exclude_outbound_ip_ranges) and O(outbound_ip_ranges) with one set lookup per address family and
+        per list, where Istio writes one rule per CIDR (so every new outbound connection walks the whole list).
+        Not an Istio setting; the default keeps the rules identical to Istio's.
+      - With O(native_nftables=true), named interval sets (C(auto-merge)) in C(inet istio-proxy-nat), matched as
+        C(ip daddr @istio-exclude-v4). On the iptables backends, ipset C(hash:net) sets matched with
+        C(-m set --match-set istio-exclude-v4 dst); they need the C(ipset) tool on the target.
+      - The sets are named C(istio-exclude-v4), C(istio-exclude-v6), C(istio-include-v4) and C(istio-include-v6);
+        only these (and their temporary twins C(*-new)) are ever read or written. A list empty in a family gets no
+        set and no rule.
+      - Contents compare as merged intervals, so a re-run writes nothing; elements added or removed by hand are
+        repaired. An ipset whose contents change is refilled through a temporary set and C(ipset swap), so a
+        connection never sees a half-filled set. Sets are created before the rules that match them and removed
+        after, and O(state=absent) removes them.
+    type: bool
+    default: false
   verify:
     description:
       - After applying, prove with a live connection that capture works, as Istio's C(--run-validation) does. As
@@ -296,7 +313,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 backend:
-  description: The backend used, V(nft) or V(legacy); V(nftables) with O(native_nftables=true).
+  description:
+    - The backend used, V(nft) or V(legacy); V(nftables) with O(native_nftables=true).
+    - V(null) with O(state=absent) when no iptables backend is usable on the target (nothing of theirs can be removed).
   returned: success
   type: str
   sample: nft
@@ -314,7 +333,8 @@ rules:
   description:
     - The desired rules of ours, per address family (V(ipv4), V(ipv6)), as C(iptables-save) prints them.
     - With O(native_nftables=true), one key V(nftables), Istio's C(inet) tables in C(nft list ruleset) form
-      (one ruleset serves both families).
+      (one ruleset serves both families), sets included.
+    - With O(cidr_sets=true) on an iptables backend, also a key V(ipsets), the sets as C(ipset save) prints them.
     - Empty with O(state=absent).
   returned: success
   type: dict

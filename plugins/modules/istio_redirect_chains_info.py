@@ -238,6 +238,12 @@ options:
       - Also decides which mode RV(namespaces[].active) names first when several are hooked (see the notes).
     type: bool
     default: false
+  cidr_sets:
+    description:
+      - O(meshops.sidecar.istio_redirect_chains#module:cidr_sets)
+        (compared with only when O(compare=true): the rules that match the sets; the sets' contents are not compared).
+    type: bool
+    default: false
 notes:
   - When several modes hold rules, all of them are live in the kernel. RV(namespaces[].active) is then, of the
     modes traffic passes (iptables rules jumped to from a built-in chain, native tables with a base chain), the one

@@ -22,8 +22,10 @@ from typing import List, Tuple
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import address_text
 
-# Options that take no value; every other option takes exactly one.
+# Options that take no value, and those that take two (the set match's name and direction);
+# every other option takes exactly one.
 _FLAG_OPTIONS = frozenset(("--save-mark", "--restore-mark"))
+_TWO_VALUE_OPTIONS = frozenset(("--match-set",))
 # Options of the implicit match that ``-p tcp|udp`` loads.
 _PROTOCOL_OPTIONS = frozenset(("--sport", "--dport", "--source-port", "--destination-port"))
 _FIELDS = {"-s": "-s", "--source": "-s", "-d": "-d", "--destination": "-d", "-i": "-i", "--in-interface": "-i",
@@ -93,7 +95,8 @@ def parse_rule(args):
                 current = _implicit_protocol_match(rule, token)
             if current is None:
                 raise ValueError("option %s before any -m or -j in %r" % (token, " ".join(tokens)))
-            values = [] if token in _FLAG_OPTIONS else [tokens[i + 1]]
+            count = 0 if token in _FLAG_OPTIONS else 2 if token in _TWO_VALUE_OPTIONS else 1
+            values = tokens[i + 1:i + 1 + count]
             current.append(Option(token, values, negate))
             i += 1 + len(values)
         else:

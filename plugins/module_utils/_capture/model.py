@@ -68,6 +68,7 @@ class CaptureOptions:
     ipv4_loopback_cidr: str = "127.0.0.1/32"
     drop_invalid: bool = False
     native_nftables: bool = False
+    cidr_sets: bool = False
 
     @property
     def tproxy(self):

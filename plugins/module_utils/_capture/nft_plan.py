@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.cidr_sets import EXCLUDE, INCLUDE, planned_sets
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import (
     DNS_PROXY_PORT,
     IPV4,
@@ -84,10 +85,23 @@ class NftChain:
 
 @dataclass(frozen=True)
 class NftTable:
-    """An Istio table (full name) and its chains in declaration order."""
+    """An Istio table (full name), its chains in declaration order, and its sets (``cidr_sets``)."""
 
     name: str
     chains: Tuple[NftChain, ...]
+    sets: Tuple[object, ...] = ()  # _capture.cidr_sets.CidrSet, in the nat table only
+
+
+# The declaration of a CIDR set: intervals, neighbours merged (what a user adds by hand merges too).
+SET_TYPE = {IPV4: "ipv4_addr", IPV6: "ipv6_addr"}
+SET_FLAGS = ("interval",)
+
+
+def add_set_lines(table, cidr_set):
+    """``add set`` and ``add element`` for one CIDR set of ``table`` (full name)."""
+    head = "add set inet %s %s { type %s ; flags %s ; auto-merge ; }" % (
+        table, cidr_set.name, SET_TYPE[cidr_set.family], ", ".join(SET_FLAGS))
+    return [head, "add element inet %s %s { %s }" % (table, cidr_set.name, ", ".join(cidr_set.cidrs()))]
 
 
 def nft_port(port):
@@ -198,9 +212,15 @@ def generate_rules(opts):
     b.add("nat", "istio-output", "ip daddr %s counter return" % lo4)
     if v6:
         b.add("nat", "istio-output", "ip6 daddr %s counter return" % lo6)
-    for family, cidr in opts.exclude_outbound_ip_ranges:
-        if family == IPV4 or v6:
-            b.add("nat", "istio-output", "%s daddr %s counter return" % (_IP[family], cidr))
+    sets = planned_sets(opts)
+    if sets:
+        for family in opts.families:
+            if (EXCLUDE, family) in sets:
+                b.add("nat", "istio-output", "%s daddr @%s counter return" % (_IP[family], sets[(EXCLUDE, family)].name))
+    else:
+        for family, cidr in opts.exclude_outbound_ip_ranges:
+            if family == IPV4 or v6:
+                b.add("nat", "istio-output", "%s daddr %s counter return" % (_IP[family], cidr))
 
     # 17. Ports always captured.
     for port in opts.outbound_ports:
@@ -211,6 +231,14 @@ def generate_rules(opts):
         b.add("nat", "istio-output", "counter jump istio-redirect")
         for iface in virt_ifs:
             b.add("nat", "prerouting", "iifname %s counter jump istio-redirect" % iface, index=0)
+    elif sets:
+        for family in opts.families:
+            if (INCLUDE, family) not in sets:
+                continue
+            match = "%s daddr @%s" % (_IP[family], sets[(INCLUDE, family)].name)
+            for iface in virt_ifs:
+                b.add("nat", "prerouting", "iifname %s %s counter jump istio-redirect" % (iface, match), index=0)
+            b.add("nat", "istio-output", "%s counter jump istio-redirect" % match)
     else:
         for family in opts.families:
             for fam, cidr in include:
@@ -369,6 +397,7 @@ def plan_ruleset(opts):
     """The Istio tables the kernel holds after applying ``opts``: ``(NftTable, ...)`` in Istio's order,
     each chain's rules in kernel order. Tables and chains without rules do not exist."""
     rules = generate_rules(opts)
+    cidr_sets = planned_sets(opts)
     tables = []
     for short in TABLES:
         table_rules = [rule for rule in rules if rule.table == short]
@@ -381,5 +410,6 @@ def plan_ruleset(opts):
             else:
                 order[rule.chain].insert(index, rule.text)
         chains = tuple(NftChain(chain, BASE_CHAINS[short].get(chain), tuple(texts)) for chain, texts in order.items())
-        tables.append(NftTable(table_name(short), chains))
+        table_sets = tuple(cidr_sets[key] for key in sorted(cidr_sets)) if short == "nat" else ()
+        tables.append(NftTable(table_name(short), chains, table_sets))
     return tuple(tables)

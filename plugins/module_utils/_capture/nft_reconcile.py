@@ -26,16 +26,24 @@ import ipaddress
 import json
 from collections import namedtuple
 
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.cidr_sets import intervals_of_nft_elements
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import address_text
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_plan import (
     FAMILY,
+    SET_FLAGS,
+    SET_TYPE,
     TABLE_PREFIX,
     add_chain_line,
+    add_set_lines,
 )
 
 # ``base`` is None for a regular chain, else ``(type, hook, priority, policy)``.
 Chain = namedtuple("Chain", "base rules")
-TableChange = namedtuple("TableChange", "table action")  # action: "replace" or "delete"
+# A named set: its type, flags and contents as merged intervals (``_capture.cidr_sets``).
+SetState = namedtuple("SetState", "type flags intervals")
+# action: "replace" (the table built afresh), "refill" (only the elements of the sets named in
+# ``sets``: rules and counters kept), or "delete".
+TableChange = namedtuple("TableChange", "table action sets", defaults=((),))
 
 _COUNTER = {"counter": None}
 _VERDICTS = ("return", "accept", "drop")
@@ -77,6 +85,26 @@ def live_state(document):
                 chains.setdefault(rule["chain"], Chain(None, [])).rules.append(canonical_rule(rule.get("expr", [])))
     return {table: {name: Chain(c.base, tuple(c.rules)) for name, c in chains.items()}
             for table, chains in state.items()}
+
+
+def live_sets(document):
+    """The named sets of Istio's tables in ``nft -j`` output: ``{table: {set: SetState}}``.
+
+    nft 1.0.6 does not show ``auto-merge`` in JSON: it is written, never compared."""
+    if isinstance(document, str):
+        document = json.loads(document) if document.strip() else {"nftables": []}
+    sets = {}
+    for item in document.get("nftables", ()):
+        found = item.get("set")
+        if found and is_istio_table(found.get("family"), found.get("table", "")):
+            try:
+                intervals = intervals_of_nft_elements(found.get("elem", ()))
+            except (ValueError, TypeError, KeyError):
+                intervals = ("unreadable", _ENCODE(found.get("elem")))  # never equal to a plan: rebuilt
+            flags = found.get("flags", ())
+            sets.setdefault(found["table"], {})[found["name"]] = SetState(
+                found.get("type"), tuple(sorted([flags] if isinstance(flags, str) else flags)), intervals)
+    return sets
 
 
 def canonical_rule(exprs):
@@ -134,10 +162,21 @@ def desired_state(tables):
             for table, chains in planned_state(tables).items()}
 
 
+def desired_sets(tables):
+    """The sets of the planner's tables in the form of ``live_sets()`` (tables without sets left out)."""
+    return {table.name: {cidr_set.name: SetState(SET_TYPE[cidr_set.family], SET_FLAGS, cidr_set.intervals)
+                         for cidr_set in table.sets}
+            for table in tables if table.sets}
+
+
 def plan_digest(tables):
     """A digest of everything ``tables`` puts in the kernel: equal digests, equal tables."""
     changes = [TableChange(table.name, "replace") for table in tables]
-    return hashlib.sha256(transaction_text(changes, tables).encode()).hexdigest()
+    digest = hashlib.sha256(transaction_text(changes, tables, elements=False).encode())
+    for table in tables:  # the set contents as intervals: cheaper than their text, as exact
+        for cidr_set in table.sets:
+            digest.update(repr((table.name, cidr_set.name, cidr_set.intervals)).encode())
+    return digest.hexdigest()
 
 
 def _desired_rule(text, cache):
@@ -183,6 +222,8 @@ def _number(word):
 
 
 def _address(word):
+    if word.startswith("@"):
+        return word  # a named set: ``ip daddr @istio-exclude-v4``
     network = ipaddress.ip_network(word, strict=False)
     if network.prefixlen == network.max_prefixlen:
         return address_text(network.network_address)
@@ -262,12 +303,24 @@ def _mangle(key, words):
 
 # --- the change ----------------------------------------------------------------------------------
 
-def plan_changes(desired, live):
-    """``[TableChange]``: tables to replace (missing or different) and to delete (not wanted).
-    Empty when the kernel already holds exactly the desired tables."""
-    changes = [TableChange(name, "replace") for name in desired if live.get(name) != desired[name]]
+def plan_changes(desired, live, wanted_sets=None, live_sets_=None):
+    """``[TableChange]``: tables to replace (missing or different), to refill (only set elements differ:
+    rules and counters are kept) and to delete (not wanted). Empty when the kernel already holds
+    exactly the desired tables; ``wanted_sets``/``live_sets_`` are ``desired_sets``/``live_sets``."""
+    wanted_sets, live_sets_ = wanted_sets or {}, live_sets_ or {}
+    changes = []
+    for name in desired:
+        want, have = wanted_sets.get(name, {}), live_sets_.get(name, {})
+        if live.get(name) != desired[name] or _declarations(want) != _declarations(have):
+            changes.append(TableChange(name, "replace"))
+        elif want != have:
+            changes.append(TableChange(name, "refill", tuple(sorted(n for n in want if want[n] != have[n]))))
     changes += [TableChange(name, "delete") for name in sorted(live) if name not in desired]
     return changes
+
+
+def _declarations(sets):
+    return {name: (found.type, found.flags) for name, found in sets.items()}
 
 
 def fresh_changes(names, live):
@@ -279,21 +332,31 @@ def fresh_changes(names, live):
         TableChange(name, "delete") for name in sorted(live) if name not in names]
 
 
-def transaction_text(changes, tables):
+def transaction_text(changes, tables, elements=True):
     """The ``nft -f -`` text of ``changes`` (one transaction), with ``tables`` from ``plan_ruleset()``.
 
     Every touched table is first made to exist and then deleted, so the text applies whatever the
     kernel holds by then; a replaced table is then built afresh with its rules in kernel order.
+    ``elements=False`` leaves out the sets' elements (``plan_digest`` hashes their intervals instead).
     """
     by_name = {table.name: table for table in tables}
     lines = []
     for change in changes:
         qualified = "%s %s" % (FAMILY, change.table)
+        if change.action == "refill":  # the sets emptied and filled again, in the same transaction
+            for cidr_set in by_name[change.table].sets:
+                if cidr_set.name not in change.sets:
+                    continue
+                lines.append("flush set %s %s" % (qualified, cidr_set.name))
+                lines.append(add_set_lines(change.table, cidr_set)[1])
+            continue
         lines += ["add table " + qualified, "delete table " + qualified]
         if change.action != "replace":
             continue
         table = by_name[change.table]
         lines.append("add table " + qualified)
+        for cidr_set in table.sets:  # before the rules that match them
+            lines += add_set_lines(table.name, cidr_set)[:None if elements else 1]
         lines += [add_chain_line(table.name, chain.name, chain.base) for chain in table.chains]
         for chain in table.chains:
             prefix = "add rule %s %s " % (qualified, chain.name)

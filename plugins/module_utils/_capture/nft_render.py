@@ -23,6 +23,8 @@ from __future__ import annotations
 import json
 import re
 
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.cidr_sets import describe_intervals
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import IPV4, IPV6
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_plan import (
     CHAIN_ORDER,
     FAMILY,
@@ -179,6 +181,22 @@ def _ports(value):
     return _port(value)
 
 
+def render_set(name, found):
+    """One named set (``SetState``) as ``nft list`` shows it; its elements merged, as auto-merge keeps them."""
+    family = IPV6 if found.type == "ipv6_addr" else IPV4
+    if found.intervals and found.intervals[0] == "unreadable":
+        elements = found.intervals[1]
+    else:
+        elements = ", ".join(describe_intervals(found.intervals, family))
+    lines = ["\tset %s {\n" % name, "\t\ttype %s\n" % found.type]
+    if found.flags:
+        lines.append("\t\tflags %s\n" % ",".join(found.flags))
+    if elements:
+        lines.append("\t\telements = { %s }\n" % elements)
+    lines.append("\t}\n")
+    return "".join(lines)
+
+
 def render_base(base):
     """``type nat hook prerouting priority -100; policy accept;`` of a base chain (``Chain.base``), or None."""
     if base is None:
@@ -202,8 +220,9 @@ def chain_order(table, names):
     return known + sorted(name for name in names if name not in declared)
 
 
-def render_state(state, rule_text=None):
-    """``{table: {chain: Chain(base, rules)}}`` as ``nft list ruleset`` shows it (no counters, no handles).
+def render_state(state, rule_text=None, sets=None):
+    """``{table: {chain: Chain(base, rules)}}`` as ``nft list ruleset`` shows it (no counters, no handles),
+    with the named sets of ``sets`` (``nft_reconcile.live_sets`` form) first in their table.
 
     ``rule_text(rule)`` gives a rule's text (default ``render_rule``); ``str`` shows rules already in
     text, as the planner writes them (thousands of rules in the time of a string join)."""
@@ -212,7 +231,7 @@ def render_state(state, rule_text=None):
     for table in table_order(state):
         chains = state[table]
         out.append("table %s %s {\n" % (FAMILY, table))
-        blocks = []
+        blocks = [render_set(name, found) for name, found in sorted((sets or {}).get(table, {}).items())]
         for name in chain_order(table, chains):
             chain = chains[name]
             lines = ["\tchain %s {\n" % name]

@@ -62,6 +62,8 @@ CAPTURE_OPTION_SPECS = {
     "drop_invalid": dict(type="bool", default=False),
     # Istio's --native-nftables: its inet tables instead of iptables rules (see _capture.nft_plan).
     "native_nftables": dict(type="bool", default=False),
+    # Beyond Istio: each CIDR list as one set lookup per family (see _capture.cidr_sets).
+    "cidr_sets": dict(type="bool", default=False),
 }
 # How a task applies the rules and checks them afterwards: options of a run, not of the rules.
 BACKEND_SPEC = dict(type="str", default="auto", choices=["auto", "nft", "legacy"])
@@ -298,6 +300,7 @@ def build_options(params, resolve_user, resolve_group, default_dns_servers, dete
         ipv4_loopback_cidr=_loopback_cidr(params["ipv4_loopback_cidr"]),
         drop_invalid=params["drop_invalid"],
         native_nftables=params["native_nftables"],
+        cidr_sets=params["cidr_sets"],
     )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Tuple
 
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.cidr_sets import EXCLUDE, INCLUDE, planned_sets
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import (
     BUILTIN_CHAINS,
     CAPTURE_TABLES,
@@ -165,10 +166,16 @@ def plan_rules(opts):
     if dns:
         _plan_dns(b, opts)
 
-    # 15-16. Localhost and excluded CIDRs are never captured.
+    # 15-16. Localhost and excluded CIDRs are never captured (with cidr_sets: one ipset per family).
+    sets = planned_sets(opts)
     b.add_versioned("nat", "ISTIO_OUTPUT", lo4, LOOPBACK_V6, "-d", "{}", "-j", "RETURN")
-    for family, cidr in opts.exclude_outbound_ip_ranges:
-        b.add("nat", "ISTIO_OUTPUT", "-d", cidr, "-j", "RETURN", family=family)
+    if sets:
+        for family in opts.families:
+            if (EXCLUDE, family) in sets:
+                b.add("nat", "ISTIO_OUTPUT", *_set_match(sets[(EXCLUDE, family)]), "-j", "RETURN", family=family)
+    else:
+        for family, cidr in opts.exclude_outbound_ip_ranges:
+            b.add("nat", "ISTIO_OUTPUT", "-d", cidr, "-j", "RETURN", family=family)
 
     # 17. Ports always captured.
     for port in opts.outbound_ports:
@@ -180,6 +187,11 @@ def plan_rules(opts):
             b.add("nat", "ISTIO_OUTPUT", "-j", "ISTIO_REDIRECT", family=family)
             for iface in opts.reroute_virtual_interfaces:
                 b.add("nat", "PREROUTING", "-i", iface, "-j", "ISTIO_REDIRECT", family=family, position=1)
+        elif (INCLUDE, family) in sets:
+            match = _set_match(sets[(INCLUDE, family)])
+            for iface in opts.reroute_virtual_interfaces:
+                b.add("nat", "PREROUTING", "-i", iface, *match, "-j", "ISTIO_REDIRECT", family=family, position=1)
+            b.add("nat", "ISTIO_OUTPUT", *match, "-j", "ISTIO_REDIRECT", family=family)
         else:
             for fam, cidr in include_cidrs:
                 if fam != family:
@@ -204,6 +216,11 @@ def plan_rules(opts):
         b.add("mangle", "ISTIO_INBOUND", "-p", "tcp", "-i", "lo", "-m", "mark", "!", "--mark", str(OUTBOUND_MARK),
               "-j", "RETURN", position=3)
     return b.rules
+
+
+def _set_match(cidr_set):
+    """The ipset match standing for one per-CIDR rule each: the destination is in the set."""
+    return ("-m", "set", "--match-set", cidr_set.name, "dst")
 
 
 def _plan_dns(b, opts):

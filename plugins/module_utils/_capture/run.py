@@ -55,6 +55,8 @@ from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.
     select_backend,
 )
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.nftables import NftablesBackend
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.ipset import IpsetBackend
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture import ipset_reconcile
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture import nft_reconcile
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_plan import TABLE_PREFIX, plan_ruleset
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_render import render_state as render_tables
@@ -129,6 +131,7 @@ class _NativePlan:
     backend: object = None
     tables: tuple = ()
     before: object = field(default_factory=dict)
+    before_sets: dict = field(default_factory=dict)  # nft_reconcile.live_sets form (cidr_sets)
     changes: list = field(default_factory=list)
     generation: object = None
     digest: str = ""
@@ -142,12 +145,27 @@ class _NativePlan:
         return self._after
 
     @property
+    def after_sets(self):
+        return nft_reconcile.desired_sets(self.tables)
+
+    @property
     def transaction(self):
         return nft_reconcile.transaction_text(self.changes, self.tables)
 
     def text(self):
         """The desired tables as ``nft list`` shows them, rules in the planner's words (fast at any size)."""
-        return render_tables(nft_reconcile.planned_state(self.tables), str)
+        return render_tables(nft_reconcile.planned_state(self.tables), str, self.after_sets)
+
+
+@dataclass
+class _IpsetPlan:
+    """The ipsets of ``cidr_sets`` (iptables backends): as they are, as wanted, and the scripts between."""
+
+    backend: object
+    before: dict = field(default_factory=dict)
+    wanted: dict = field(default_factory=dict)
+    changes: object = field(default_factory=ipset_reconcile.IpsetChanges)
+    left: list = field(default_factory=list)  # sets to destroy that a rule elsewhere still matches
 
 
 @dataclass
@@ -191,17 +209,19 @@ class CaptureRun:
         self._load_record()
         native = self._native_plan(opts)
         backend, reason = self._choose_backend(opts)
-        families = self._plan(opts, self._read(backend))
+        tables = self._read(backend)
+        ipsets = self._ipset_plan(opts, tables)
+        families = self._plan(opts, tables)
         if backend is not None:
             self._warn_about_other_backend(backend, opts.families if opts else (IPV4,))
         routes = self._routes_plan(opts)
-        result = self._result(opts, backend, reason, families, native, routes)
+        result = self._result(opts, backend, reason, families, native, ipsets, routes)
         if self.check_mode:
             return result
         if result["changed"]:
-            self._apply_modes(backend, families, native)
+            self._apply_modes(backend, families, native, ipsets)
             self._apply_routes(routes, result)
-            self._read_back(backend, families, native, routes, result)
+            self._read_back(backend, families, native, ipsets, routes, result)
         self._keep_record(families.after, native)
         if self.params["verify"] and self.present:
             try:
@@ -286,7 +306,9 @@ class CaptureRun:
             self.native_stamp = stamp
             return plan
         try:
-            plan.before = nft_reconcile.live_state(plan.backend.read())
+            document = plan.backend.read()
+            plan.before = nft_reconcile.live_state(document)
+            plan.before_sets = nft_reconcile.live_sets(document)
         except BackendError as exc:
             if self.native:
                 raise CaptureError(str(exc))
@@ -296,11 +318,32 @@ class CaptureRun:
             plan.generation = None  # someone committed while we read: what we read has no generation
         names = [table.name for table in plan.tables]
         if set(names) & set(plan.before):
-            plan.changes = nft_reconcile.plan_changes(plan.after, plan.before)
+            plan.changes = nft_reconcile.plan_changes(plan.after, plan.before, plan.after_sets, plan.before_sets)
         else:
             plan.changes = nft_reconcile.fresh_changes(names, plan.before)
         if self.native and not plan.changes and plan.generation is not None:
             self.native_stamp = {"generation": plan.generation, "digest": plan.digest}
+        return plan
+
+    def _ipset_plan(self, opts, tables):
+        """The ipsets of ours now and as wanted. Without the ``ipset`` tool none can be read or
+        written: an error when sets are wanted, else there is nothing to do.
+
+        They are only looked for when wanted, for ``state=absent``, or when a rule of ours matches one:
+        the common run without ``cidr_sets`` starts no ``ipset`` process."""
+        plan = _IpsetPlan(IpsetBackend(self.runner), wanted=ipset_reconcile.wanted_ipsets(opts))
+        if not (plan.wanted or not self.present or ipset_reconcile.rules_match_sets(tables)):
+            return plan
+        if plan.backend.missing():
+            if plan.wanted:
+                raise CaptureError("cidr_sets=true: the ipset tool is not on the target (install the ipset "
+                                   "package), or use native_nftables=true, whose sets need no tool")
+            return plan
+        try:
+            plan.before = plan.backend.read()
+            plan.changes = ipset_reconcile.plan_changes(plan.wanted, plan.before)
+        except (BackendError, ipset_reconcile.IpsetConflict) as exc:
+            raise CaptureError(str(exc))
         return plan
 
     @staticmethod
@@ -365,14 +408,17 @@ class CaptureRun:
         routes.passthrough_after = passthrough_wanted or (self.present and routes.passthrough_now)
         return routes
 
-    def _result(self, opts, backend, reason, families, native, routes):
+    def _result(self, opts, backend, reason, families, native, ipsets, routes):
         iptables_commands = []
+        if ipsets.changes.fill:
+            iptables_commands += [ipsets.backend.describe()] + ipsets.changes.fill.splitlines() + ["EOF"]
         for family in FAMILIES:
             if family in families.changes:
                 iptables_commands.append(backend.describe(family))
                 iptables_commands.extend(restore_text(families.changes[family]).splitlines())
                 if backend.name == "nft":
                     iptables_commands.append("EOF")
+        iptables_commands += ipsets.changes.destroy_commands()
         native_commands = []
         if native.changes:
             native_commands = [native.backend.describe()] + native.transaction.splitlines() + ["EOF"]
@@ -384,29 +430,43 @@ class CaptureRun:
         else:
             rules = {family: render_state(families.after[family]) for family in FAMILIES
                      if family in families.rules and family in families.after}
+            if ipsets.wanted:
+                rules["ipsets"] = ipset_reconcile.render_ipsets(ipsets.wanted)
         result = {
-            "changed": bool(families.changes or native.changes or routes.commands),
-            "backend": "nftables" if self.native else backend.name,
+            "changed": bool(families.changes or native.changes or ipsets.changes or routes.commands),
+            "backend": "nftables" if self.native else (backend.name if backend is not None else None),
             "backend_reason": reason,
             "ipv6": bool(opts and opts.ipv6),
             "rules": rules,
             "commands": commands,
         }
         if self.diff_mode:  # the before/after text can be large (one line per rule): only when asked for
-            native_before = native.after if native.before is None else native.before  # None: proven equal
+            if native.before is None:  # proven equal by the stamp
+                native_before, native_before_sets = native.after, native.after_sets
+            else:
+                native_before, native_before_sets = native.before, native.before_sets
             result["diff"] = {
-                "before": self._describe(families.before, native_before, routes.now, routes.passthrough_now),
-                "after": self._describe(families.after, native.after, routes.wanted, routes.passthrough_after),
+                "before": self._describe(families.before, (native_before, native_before_sets), ipsets.before,
+                                         routes.now, routes.passthrough_now),
+                "after": self._describe(families.after, (native.after, native.after_sets), ipsets.wanted,
+                                        routes.wanted, routes.passthrough_after),
             }
         return result
 
-    def _apply_modes(self, backend, families, native):
+    def _apply_modes(self, backend, families, native, ipsets):
         """The wanted mode first, then the other one cleared: capture never lapses during a switch.
 
         A failure in the first step leaves everything as it was (one transaction each, families put
-        back); a failure in the second says that the new mode is in place and the old one still is."""
+        back); a failure in the second says that the new mode is in place and the old one still is.
+        The ipsets are filled before the iptables rules that match them, and destroyed after."""
         if not self.native:
-            self._apply_families(backend, families)
+            self._fill_ipsets(ipsets)
+            try:
+                self._apply_families(backend, families)
+            except CaptureError as exc:
+                self._put_ipsets_back(ipsets, exc)
+                raise
+            self._destroy_ipsets(ipsets, "the iptables rules were applied, but removing ")
             try:
                 self._apply_native(native)
             except CaptureError as exc:
@@ -418,11 +478,45 @@ class CaptureRun:
         self._apply_native(native)
         try:
             self._apply_families(backend, families)
+            self._destroy_ipsets(ipsets)
         except CaptureError as exc:
             if native.changes:
                 raise CaptureError("the native nftables tables were applied, but removing the ISTIO_* iptables "
-                                   "rules failed, both are live: %s" % exc)
+                                   "rules or their ipsets failed, both are live: %s" % exc)
             raise
+
+    @staticmethod
+    def _fill_ipsets(ipsets):
+        if not ipsets.changes.fill:
+            return
+        try:
+            ipsets.backend.apply(ipsets.changes.fill)
+        except BackendError as exc:
+            raise CaptureError("ipsets: %s" % exc)
+
+    def _destroy_ipsets(self, ipsets, context=""):
+        """The sets no rule of ours matches any more; one still matched elsewhere is left, with a warning."""
+        if not ipsets.changes.destroy:
+            return
+        try:
+            in_use = ipsets.backend.destroy(ipsets.changes.destroy)
+        except BackendError as exc:
+            raise CaptureError("%sipsets: %s" % (context, exc))
+        for name in in_use:
+            self.warn("the ipset %s is still matched by a rule this run does not manage (the other iptables "
+                      "backend's ISTIO_* rules, or someone else's): it is left in place" % name)
+        ipsets.left = in_use
+
+    def _put_ipsets_back(self, ipsets, failure):
+        """After a failed iptables transaction: the sets as they were (the old rules match them again)."""
+        if not ipsets.changes.fill:
+            return
+        try:
+            back = ipset_reconcile.plan_changes(ipsets.before, ipsets.backend.read())
+            ipsets.backend.apply(back.fill)
+            ipsets.backend.destroy(back.destroy)
+        except (BackendError, ipset_reconcile.IpsetConflict) as undo:
+            raise CaptureError("%s; putting the ipsets back failed too: %s" % (failure, undo))
 
     def _apply_native(self, native):
         if not native.changes:
@@ -461,18 +555,29 @@ class CaptureRun:
         except RuntimeError as exc:
             raise CaptureError("the rules were applied, but a route change failed: %s" % exc, **result)
 
-    def _read_back(self, backend, families, native, routes, result):
+    def _read_back(self, backend, families, native, ipsets, routes, result):
         """Read what was just changed again: the kernel must now hold exactly what was planned."""
         problems = []
+        if ipsets.changes:
+            try:
+                now = ipsets.backend.read()
+            except BackendError as exc:
+                problems.append("ipsets cannot be read back: %s" % exc)
+            else:
+                if {name: found for name, found in now.items() if name not in ipsets.left} != ipsets.wanted:
+                    problems.append("ipsets differ from the plan: now\n%swanted\n%s" % (
+                        ipset_reconcile.render_ipsets(now), ipset_reconcile.render_ipsets(ipsets.wanted)))
         if native.changes and not self.native_stamp:  # the stamp: proven by the generation (_apply_native)
             try:
-                now = nft_reconcile.live_state(native.backend.read())
+                document = native.backend.read()
+                now, now_sets = nft_reconcile.live_state(document), nft_reconcile.live_sets(document)
             except BackendError as exc:
                 problems.append("native nftables tables cannot be read back: %s" % exc)
             else:
-                if now != native.after:
+                if now != native.after or now_sets != native.after_sets:
                     problems.append("native nftables tables differ from the plan: now\n%swanted\n%s"
-                                    % (render_tables(now), render_tables(native.after)))
+                                    % (render_tables(now, None, now_sets),
+                                       render_tables(native.after, None, native.after_sets)))
         for family in families.changes:
             try:
                 now = owned_state(backend.read(family), self.claims[family])
@@ -492,8 +597,8 @@ class CaptureRun:
             else:
                 if routes_now != routes.wanted or passthrough_now != routes.passthrough_after:
                     problems.append("routes and addresses differ from the plan: now\n%swanted\n%s" % (
-                        self._describe({}, {}, routes_now, passthrough_now),
-                        self._describe({}, {}, routes.wanted, routes.passthrough_after)))
+                        self._describe({}, None, {}, routes_now, passthrough_now),
+                        self._describe({}, None, {}, routes.wanted, routes.passthrough_after)))
         if problems:
             raise CaptureError("applied, but reading back found the kernel not as planned: %s"
                                % "; ".join(problems), **result)
@@ -542,13 +647,16 @@ class CaptureRun:
                           "Remove them with state=absent backend=%s." % (other.name, _FAMILY_TITLE[family], other.name))
 
     @staticmethod
-    def _describe(states, native_tables, policy_routes, passthrough):
+    def _describe(states, native, ipsets, policy_routes, passthrough):
+        """``native``: ``(tables, sets)`` in ``nft_reconcile`` form, or None; ``ipsets``: ``{name: IpsetState}``."""
         parts = []
         for family in FAMILIES:
             if family in states:
                 parts.append("# %s rules of ours\n%s" % (_FAMILY_TITLE[family], render_state(states[family])))
-        if native_tables:
-            parts.append("# native nftables tables of ours\n%s" % render_tables(native_tables))
+        if ipsets:
+            parts.append("# ipsets of ours\n%s" % ipset_reconcile.render_ipsets(ipsets))
+        if native and native[0]:
+            parts.append("# native nftables tables of ours\n%s" % render_tables(native[0], None, native[1]))
         lines = [route.describe() for route in sorted(policy_routes)]
         if passthrough:
             lines.append("ipv6: ::6/128 on lo")

@@ -482,7 +482,10 @@ def _build_rule(args, family):
     for name, options in parsed.matches:
         match = rule.create_match(name)
         for option in options:
-            match.set_parameter(option.name[2:], ("!" if option.negated else "") + " ".join(option.values))
+            if len(option.values) > 1:  # --match-set NAME dst: each value its own argument
+                match.set_parameter(option.name[2:], (["!"] if option.negated else []) + option.values)
+            else:
+                match.set_parameter(option.name[2:], ("!" if option.negated else "") + " ".join(option.values))
     target = rule.create_target(parsed.target)
     for option in parsed.target_options:
         target.set_parameter(option.name[2:], " ".join(option.values))

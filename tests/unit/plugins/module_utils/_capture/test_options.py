@@ -31,6 +31,7 @@ DEFAULTS = dict(
     outbound_owner_groups=["*"], exclude_outbound_owner_groups=[], capture_dns=False, capture_all_dns=False,
     dns_servers=None, ipv6=None, ipv4_loopback_cidr="127.0.0.1/32", drop_invalid=False,
     native_nftables=False,
+    cidr_sets=False,
 )
 USERS = {"istio-proxy": 998}
 GROUPS = {"istio-proxy": 997, "apps": 500}

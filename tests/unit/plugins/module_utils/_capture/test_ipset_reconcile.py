@@ -1,0 +1,170 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) meshops.sidecar contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The ipsets of cidr_sets: reading ``ipset save``, the scripts between two states, the backend's calls."""
+
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture import ipset_reconcile
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.base import BackendError
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.ipset import (
+    IpsetBackend,
+    IpsetState,
+    parse_save,
+)
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.cidr_sets import intervals_of_texts
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.iptables_text import parse_save as parse_iptables
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import IPV4, IPV6, CaptureOptions
+
+OPTS = CaptureOptions(exclude_outbound_ip_ranges=((IPV4, "10.0.0.0/24"), (IPV4, "10.0.1.0/24"),
+                                                  (IPV6, "2001:db8:5::/48")), ipv6=True, cidr_sets=True)
+WANTED = ipset_reconcile.wanted_ipsets(OPTS)
+SAVE = """create istio-exclude-v4 hash:net family inet hashsize 1024 maxelem 65536 bucketsize 12 initval 0x1
+add istio-exclude-v4 10.0.1.0/24
+add istio-exclude-v4 10.0.0.0/24
+"""
+
+
+def _state(family, *texts):
+    return IpsetState("hash:net", family, intervals_of_texts(texts))
+
+
+def test_wanted_sets_are_hash_net_per_family_and_none_in_native_mode_or_without_the_option():
+    assert WANTED == {"istio-exclude-v4": _state("inet", "10.0.0.0/23"),
+                      "istio-exclude-v6": _state("inet6", "2001:db8:5::/48")}
+    assert ipset_reconcile.wanted_ipsets(CaptureOptions(native_nftables=True, cidr_sets=True,
+                                                        exclude_outbound_ip_ranges=((IPV4, "10.0.0.0/8"),))) == {}
+    assert ipset_reconcile.wanted_ipsets(None) == {}
+    assert ipset_reconcile.wanted_ipsets(CaptureOptions(exclude_outbound_ip_ranges=((IPV4, "10.0.0.0/8"),))) == {}
+
+
+def test_save_output_compares_as_merged_intervals():
+    assert parse_save("istio-exclude-v4", SAVE) == WANTED["istio-exclude-v4"]
+    assert parse_save("istio-exclude-v4", "create istio-exclude-v4 hash:ip family inet\n").type == "hash:ip"
+
+
+def test_an_entry_with_options_is_never_equal_to_a_plan():
+    state = parse_save("istio-exclude-v4", SAVE + "add istio-exclude-v4 10.9.0.0/16 nomatch\n")
+    assert state.intervals[0] == "unreadable" and state != WANTED["istio-exclude-v4"]
+
+
+def test_nothing_to_do_when_the_sets_are_the_plan():
+    assert not ipset_reconcile.plan_changes(WANTED, dict(WANTED))
+
+
+def test_new_sets_are_created_filled_and_sized():
+    changes = ipset_reconcile.plan_changes(WANTED, {})
+    assert changes.fill.splitlines() == [
+        "create istio-exclude-v4 hash:net family inet hashsize 1024 maxelem 65536",
+        "add istio-exclude-v4 10.0.0.0/23",
+        "create istio-exclude-v6 hash:net family inet6 hashsize 1024 maxelem 65536",
+        "add istio-exclude-v6 2001:db8:5::/48",
+    ]
+    assert changes.destroy == ()
+
+
+def test_a_large_set_gets_room_for_all_its_members():
+    big = IpsetState("hash:net", "inet", tuple((n * 4, n * 4) for n in range(100000)))
+    head = ipset_reconcile.create_lines("istio-exclude-v4", big)[0]
+    assert head.endswith("hashsize 131072 maxelem 100000")
+
+
+def test_changed_contents_are_swapped_in_through_a_temporary_set():
+    live = {"istio-exclude-v4": _state("inet", "10.0.0.0/24", "10.9.0.0/16"),
+            "istio-exclude-v6": WANTED["istio-exclude-v6"]}
+    changes = ipset_reconcile.plan_changes(WANTED, live)
+    assert changes.fill.splitlines() == [
+        "create istio-exclude-v4-new hash:net family inet hashsize 1024 maxelem 65536",
+        "add istio-exclude-v4-new 10.0.0.0/23",
+        "swap istio-exclude-v4-new istio-exclude-v4",
+        "destroy istio-exclude-v4-new",
+    ]
+    assert changes.destroy == ()
+
+
+def test_a_temporary_set_left_by_a_killed_run_is_destroyed_first_or_after():
+    stale = {"istio-exclude-v4": _state("inet", "10.0.0.0/24"), "istio-exclude-v4-new": _state("inet", "10.0.0.0/8")}
+    changes = ipset_reconcile.plan_changes(WANTED, stale)
+    assert changes.fill.splitlines()[0] == "destroy istio-exclude-v4-new"
+    assert "istio-exclude-v4-new" not in changes.destroy
+    untouched = dict(WANTED, **{"istio-exclude-v4-new": _state("inet", "10.0.0.0/8")})
+    assert ipset_reconcile.plan_changes(WANTED, untouched).destroy == ("istio-exclude-v4-new",)
+
+
+def test_sets_no_longer_wanted_are_destroyed_after_the_rules_and_foreign_sets_never():
+    live = dict(WANTED, **{"istio-include-v4": _state("inet", "198.18.0.0/15"), "users-set": _state("inet", "1.0.0.0/8")})
+    changes = ipset_reconcile.plan_changes(WANTED, live)
+    assert changes.fill == "" and changes.destroy == ("istio-include-v4",)
+    assert changes.destroy_commands() == ["ipset destroy istio-include-v4"]
+    assert ipset_reconcile.plan_changes({}, live).destroy == ("istio-exclude-v4", "istio-exclude-v6", "istio-include-v4")
+
+
+def test_a_set_of_another_type_is_refused_naming_it():
+    with pytest.raises(ipset_reconcile.IpsetConflict, match="istio-exclude-v4 exists as hash:ip family inet"):
+        ipset_reconcile.plan_changes(WANTED, {"istio-exclude-v4": IpsetState("hash:ip", "inet", ())})
+    with pytest.raises(ipset_reconcile.IpsetConflict, match="family inet6"):
+        ipset_reconcile.plan_changes(WANTED, {"istio-exclude-v4": IpsetState("hash:net", "inet6", ())})
+
+
+def test_rules_matching_sets_of_ours_are_found_in_any_family():
+    dump = parse_iptables("*nat\n:ISTIO_OUTPUT - [0:0]\n-A ISTIO_OUTPUT -m set --match-set istio-exclude-v6 dst "
+                          "-j RETURN\nCOMMIT\n")
+    plain = parse_iptables("*nat\n:ISTIO_OUTPUT - [0:0]\n-A ISTIO_OUTPUT -d 10.0.0.0/8 -j RETURN\nCOMMIT\n")
+    assert ipset_reconcile.rules_match_sets({IPV4: plain, IPV6: dump})
+    assert not ipset_reconcile.rules_match_sets({IPV4: plain, IPV6: BackendError("no IPv6")})
+    foreign = parse_iptables("*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -m set --match-set users dst -j RETURN\nCOMMIT\n")
+    assert not ipset_reconcile.rules_match_sets({IPV4: foreign})
+
+
+def test_render_shows_the_sets_as_ipset_save_would():
+    assert ipset_reconcile.render_ipsets(WANTED) == (
+        "create istio-exclude-v4 hash:net family inet\nadd istio-exclude-v4 10.0.0.0/23\n"
+        "create istio-exclude-v6 hash:net family inet6\nadd istio-exclude-v6 2001:db8:5::/48\n")
+
+
+class _Runner:
+    def __init__(self, replies, ipset="/usr/sbin/ipset"):
+        self.replies, self.calls, self.ipset = replies, [], ipset
+
+    def which(self, name):
+        return self.ipset if name == "ipset" else None
+
+    def run(self, argv, data=None):
+        self.calls.append((argv[1:], data))
+        return self.replies.get(tuple(argv[1:]), (0, "", ""))
+
+
+def test_backend_reads_only_the_sets_of_ours():
+    runner = _Runner({("list", "-name"): (0, "users\nistio-exclude-v4\nistio-exclude-v4x\n", ""),
+                      ("save", "istio-exclude-v4"): (0, SAVE, "")})
+    assert IpsetBackend(runner).read() == {"istio-exclude-v4": WANTED["istio-exclude-v4"]}
+    assert [call[0] for call in runner.calls] == [["list", "-name"], ["save", "istio-exclude-v4"]]
+
+
+def test_backend_without_the_tool_says_so_and_reads_nothing():
+    runner = _Runner({}, ipset=None)
+    backend = IpsetBackend(runner)
+    assert backend.missing() == ["ipset"] and backend.read() == {} and runner.calls == []
+
+
+def test_backend_apply_feeds_one_restore_and_reports_a_refusal():
+    runner = _Runner({("restore",): (1, "", "ipset v7.17: Error in line 2: Syntax error")})
+    with pytest.raises(BackendError, match="ipset restore refused the change.*Syntax error"):
+        IpsetBackend(runner).apply("create x hash:net\n")
+    assert runner.calls == [(["restore"], "create x hash:net\n")]
+    IpsetBackend(runner).apply("")
+    assert len(runner.calls) == 1
+
+
+def test_backend_destroy_leaves_a_set_in_use_and_fails_on_anything_else():
+    runner = _Runner({("destroy", "istio-exclude-v4"): (1, "", "Set cannot be destroyed: it is in use by a kernel "
+                                                               "component"),
+                      ("destroy", "istio-exclude-v6"): (1, "", "The set with the given name does not exist")})
+    assert IpsetBackend(runner).destroy(["istio-exclude-v4", "istio-exclude-v6", "istio-include-v4"]) == [
+        "istio-exclude-v4"]
+    broken = _Runner({("destroy", "istio-exclude-v4"): (1, "", "Kernel error")})
+    with pytest.raises(BackendError, match="ipset destroy istio-exclude-v4 failed"):
+        IpsetBackend(broken).destroy(["istio-exclude-v4"])

@@ -241,7 +241,7 @@ options:
   cidr_sets:
     description:
       - O(meshops.sidecar.istio_redirect_chains#module:cidr_sets)
-        (compared with only when O(compare=true): the rules that match the sets; the sets' contents are not compared).
+        (compared with only when O(compare=true) - the rules that match the sets; the sets' contents are not compared).
     type: bool
     default: false
 notes:

@@ -88,7 +88,7 @@ def merged_intervals(intervals):
 
 
 def _interval_of_cidr(text):
-    address, _, length = text.partition("/")
+    address, length = text.split("/", 1) if "/" in text else (text, "")
     if "." in address and ":" not in address:  # IPv4, the common case of long lists: no ipaddress object
         try:
             first = struct.unpack("!I", socket.inet_aton(address))[0]

@@ -75,7 +75,7 @@ def test_merged_intervals(intervals, merged):
 def test_merging_random_cidrs_matches_ipaddress_collapse():
     rng = random.Random(7)
     cidrs = ["10.%d.%d.0/%d" % (rng.randrange(4), rng.randrange(256), rng.choice((22, 23, 24, 30)))
-             for _ in range(500)]
+             for dummy in range(500)]
     intervals = intervals_of_texts(cidrs)
     expected = [str(net) for net in ipaddress.collapse_addresses(ipaddress.ip_network(c, strict=False) for c in cidrs)]
     assert interval_cidrs(intervals, IPV4) == expected

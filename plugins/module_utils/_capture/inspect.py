@@ -38,11 +38,7 @@ from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_plan 
     FAMILY as NFT_FAMILY,
     plan_ruleset,
 )
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.options import (
-    OptionError,
-    build_options,
-    has_global_ipv6,
-)
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.options import OptionError
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.plan import plan_rules
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.reconcile import (
     desired_state,
@@ -51,12 +47,7 @@ from ansible_collections.meshops.sidecar.plugins.module_utils._capture.reconcile
     render_state,
     unmarked_rules,
 )
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.run import (  # the module's own resolvers
-    _gid_of,
-    _read_file,
-    _uid_of,
-    default_dns_servers,
-)
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.target_options import target_options
 
 IPTABLES_MODES = ("legacy", "nft")  # when both hold rules, the one istio_redirect_chains (backend=auto) manages first
 NFTABLES_MODE = "nftables"  # Istio's native tables: inet istio-proxy-nat, -mangle, -raw
@@ -229,8 +220,7 @@ class NamespaceInspection:
         """``CaptureOptions`` exactly as ``istio_redirect_chains`` builds them here (``_capture.run``)."""
         params = self.compare_params
         try:
-            opts = build_options(params, _uid_of, _gid_of, lambda: default_dns_servers(self.netns),
-                                 lambda: has_global_ipv6(_read_file("/proc/net/if_inet6")))
+            opts = target_options(params, self.netns)
         except OptionError as exc:
             raise InspectError(str(exc))
         if opts.ipv6 and not self.ipv6_kernel:

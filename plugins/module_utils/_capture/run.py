@@ -20,19 +20,13 @@ is cleared: there is no moment without capture.
 
 from __future__ import annotations
 
-import grp
 import os
-import pwd
 from dataclasses import dataclass, field
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._system import namespace
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture import ownership
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.options import (
-    OptionError,
-    build_options,
-    has_global_ipv6,
-)
-from ansible_collections.meshops.sidecar.plugins.module_utils._system.resolv_conf import parse_resolv_conf
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.options import OptionError
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.target_options import target_options
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import FAMILIES, IPV4, IPV6
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.plan import plan_rules
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.ssh_guard import (
@@ -72,40 +66,11 @@ class CaptureError(Exception):
         self.details = details
 
 
-def _uid_of(name):
-    try:
-        return pwd.getpwnam(name).pw_uid
-    except KeyError:
-        return None
-
-
-def _gid_of(name):
-    try:
-        return grp.getgrnam(name).gr_gid
-    except KeyError:
-        return None
-
-
-def _read_file(path, default=""):
-    try:
-        with open(path) as handle:
-            return handle.read()
-    except OSError:
-        return default
-
-
 def _netns_inode(name):
     try:
         return namespace.inode_of(name)
     except OSError:
         return None
-
-
-def default_dns_servers(netns):
-    """Nameservers the workload uses: ``/etc/netns/NAME/resolv.conf`` (what ``ip netns exec`` shows it), else ``/etc/resolv.conf``."""
-    if netns and os.path.exists("/etc/netns/%s/resolv.conf" % netns):
-        return parse_resolv_conf(_read_file("/etc/netns/%s/resolv.conf" % netns))
-    return parse_resolv_conf(_read_file("/etc/resolv.conf"))
 
 
 @dataclass
@@ -249,10 +214,7 @@ class CaptureRun:
         if not self.present:
             return None
         try:
-            opts = build_options(
-                self.params, _uid_of, _gid_of,
-                lambda: default_dns_servers(self.netns),
-                lambda: has_global_ipv6(_read_file("/proc/net/if_inet6")))
+            opts = target_options(self.params, self.netns)
         except OptionError as exc:
             raise CaptureError(str(exc))
         if opts.ipv6 and not self.ipv6_kernel:

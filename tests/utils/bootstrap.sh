@@ -19,7 +19,7 @@ set -euo pipefail
 # Debian packages. runc is installed without recommends (as podman's runtime; crun 1.8 fails
 # on this kind of machine, see tests/utils/containers.conf).
 APT_PACKAGES=(
-    iptables nftables iproute2            # netfilter + namespaces for the modules and their tests
+    iptables nftables ipset iproute2      # netfilter (ipset: cidr_sets) + namespaces for the modules and tests
     podman uidmap debootstrap             # molecule containers and their locally built images
     debian-archive-keyring ca-certificates
     make git shellcheck gcc libc6-dev     # make, the collection copy, sanity's shellcheck, python-iptables' C part

@@ -4,7 +4,7 @@
 #
 # Build the container images the molecule scenarios run in, from Debian's packages only
 # (no image registry is reachable):
-#   localhost/meshops-debian12:latest          debootstrap minbase + python3, iproute2, iptables, nftables,
+#   localhost/meshops-debian12:latest          debootstrap minbase + python3, iproute2, iptables, nftables, ipset,
 #                                              sudo, python3-iptables; CMD sleep infinity
 #   localhost/meshops-debian12-systemd:latest  the above + systemd, systemd-sysv, dbus; boots
 #                                              /sbin/init (run it with --systemd=always)
@@ -22,7 +22,7 @@ export CONTAINERS_CONF="${CONTAINERS_CONF:-$HERE/containers.conf}"
 BASE_IMAGE="localhost/meshops-debian12:latest"
 SYSTEMD_IMAGE="localhost/meshops-debian12-systemd:latest"
 SUITE="bookworm"
-PACKAGES="python3,iproute2,iptables,nftables,sudo,python3-iptables"
+PACKAGES="python3,iproute2,iptables,nftables,ipset,sudo,python3-iptables"
 LABEL="org.meshops.recipe"
 # Bump when the recipe changes in a way the hashed inputs below do not show.
 RECIPE_VERSION=1

@@ -17,6 +17,8 @@ from __future__ import annotations
 import ipaddress
 import re
 import shlex
+import socket
+import struct
 from dataclasses import dataclass, field
 from typing import List, Tuple
 
@@ -40,6 +42,7 @@ _PLAIN_WORDS = re.compile(r"[ \t\r\n]*[^'\"\\\s]*(?:[ \t\r\n]+[^'\"\\\s]+)*[ \t\
 # An IPv4 host address in canonical notation ("198.18.0.1/32"): its own canonical form.
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4_HOST = re.compile(r"(?:%s\.){3}%s/32" % (_OCTET, _OCTET))
+_IPV4_CIDR = re.compile(r"((?:%s\.){3}%s)/(3[0-2]|[12]?[0-9])" % (_OCTET, _OCTET))
 _CT_STATES = ("INVALID", "NEW", "RELATED", "ESTABLISHED", "UNTRACKED", "SNAT", "DNAT")
 
 
@@ -123,8 +126,15 @@ def _implicit_protocol_match(rule, option):
 
 
 def _address(value, family):
-    if family == "ipv4" and _IPV4_HOST.fullmatch(value):
-        return value  # what ipaddress gives, without its ~30 us (thousands of /32 exclusions)
+    if family == "ipv4":
+        if _IPV4_HOST.fullmatch(value):
+            return value  # what ipaddress gives, without its ~30 us (thousands of /32 exclusions)
+        match = _IPV4_CIDR.fullmatch(value)
+        if match:  # a network address in dotted quads, no host bits set: already canonical
+            length = int(match.group(2))
+            packed = struct.unpack("!I", socket.inet_aton(match.group(1)))[0]
+            if not packed & ((1 << (32 - length)) - 1):
+                return value
     network = ipaddress.ip_network(value, strict=False)
     if (network.version == 4) != (family == "ipv4"):
         raise ValueError("address %s is not %s" % (value, family))

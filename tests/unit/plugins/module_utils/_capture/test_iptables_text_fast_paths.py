@@ -105,3 +105,14 @@ def test_random_words_split_as_shlex_does():
 def test_parse_rule_same_for_text_and_tokens(args):
     assert parse_rule(args) == parse_rule(shlex.split(args))
     assert canonical_args(args, "ipv4") == canonical_args(shlex.split(args), "ipv4")
+
+
+def test_random_ipv4_networks_with_and_without_host_bits():
+    """The network shortcut (dotted quads, no host bits) agrees with ipaddress for every prefix length."""
+    rand = random.Random(11)
+    for dummy in range(5000):
+        address = ipaddress.IPv4Address(rand.getrandbits(32))
+        length = rand.randrange(0, 33)
+        network = ipaddress.ip_network("%s/%d" % (address, length), strict=False)
+        for value in ("%s/%d" % (address, length), "%s/%d" % (network.network_address, length)):
+            assert _address(value, "ipv4") == reference_address(value, "ipv4")

@@ -17,6 +17,9 @@ repetitions, interleaved so that a change in the machine's load hits every varia
   mode (``native``: ``native_nftables: true``, Istio's inet tables); net of the empty
   playbook, and net of the same playbook with the task skipped (the task's own cost, without
   Ansible's loading of the playbook and its CIDRs).
+* datapath: the connect latency of a captured new outbound connection with 0 to 10,000 excluded
+  CIDRs, each mode, with and without ``cidr_sets``, and the first apply of the 10,000
+  (``datapath.py``; ``--datapath-only`` runs only this part).
 * profile: the module's target-side code (``_capture.CaptureRun``) in-process, 10,000 CIDRs, each
   backend and native mode (``profile_module.py``).
 
@@ -44,6 +47,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import datapath  # noqa: E402  pylint: disable=wrong-import-position
 import plot  # noqa: E402  pylint: disable=wrong-import-position
 
 MODULE = "meshops.sidecar.istio_redirect_chains"
@@ -614,6 +618,8 @@ def write_report(args, compare, scaling, report, outdir, flavour):
     if "fast_path_checks" in report:
         lines += ["Fast-path checks (check_fast_paths.py):", ""] + ["- " + line for line in report["fast_path_checks"]]
         lines.append("")
+    if "datapath" in report and "cells" in report["datapath"]:
+        lines += datapath.datapath_lines(report["datapath"])
     if "profile" in report:
         lines.append("Target side in-process (CaptureRun, %d CIDRs, seconds; profile_module.py):" % args.profile_cidrs)
         lines.append("")
@@ -797,12 +803,13 @@ def parse_args(argv):
                              "measured in the compare part)")
     parser.add_argument("--profile-cidrs", type=int, default=10000)
     parser.add_argument("--budget", type=int, default=1000, help="seconds the whole run aims to stay within")
-    parser.add_argument("--parts", default="compare,scaling,split,check,profile",
-                        help="which parts to run (comma-separated): compare, scaling, split, check, profile")
+    parser.add_argument("--parts", default="compare,scaling,datapath,split,check,profile",
+                        help="which parts to run (comma-separated): compare, scaling, datapath, split, check, profile")
     parser.add_argument("--out", default=os.path.join(".cache", "bench"), help="results directory")
+    datapath.add_arguments(parser)
     args = parser.parse_args(argv)
     args.sizes = sorted({int(n) for n in args.sizes.split(",")} | {0})
-    args.parts = set(args.parts.split(","))
+    args.parts = {"datapath"} if args.datapath_only else set(args.parts.split(","))
     unknown = set(args.backends.split(",")) - set(BACKENDS)
     if unknown:
         parser.error("--backends: unknown %s (choose from %s)" % (", ".join(sorted(unknown)), ", ".join(BACKENDS)))
@@ -857,6 +864,8 @@ def main(argv):
             part_compare(args, nss, runner, compare, budget, flavour, report)
         if "scaling" in args.parts:
             part_scaling(args, nss, runner, scaling, budget, report)
+        if "datapath" in args.parts:
+            datapath.part_datapath(args, nss, report, log)
         if "split" in args.parts:
             part_phases(args, nss, runner, report)
         if "check" in args.parts:
@@ -872,11 +881,13 @@ def main(argv):
             if report.get("scaling_task"):
                 plot.write_svg(os.path.join(outdir, "scaling-task.svg"), args.sizes, report["scaling_task"],
                                args.backends, measure="The task's own cost (net of it skipped)")
+        if "datapath" in report:
+            plot.write_datapath_svg(os.path.join(outdir, "datapath.svg"), report["datapath"])
         with open(os.path.join(outdir, "results.json"), "w") as handle:
             json.dump(report, handle, indent=1, default=str)
         log("")
         log(text)
-        log("results: %s (results.md, results.json, scaling*.svg, profile-*.txt, logs/)" % os.path.relpath(outdir))
+        log("results: %s (results.md, results.json, scaling*.svg, datapath.svg, profile-*.txt, logs/)" % os.path.relpath(outdir))
     finally:
         nss.cleanup()
         shutil.rmtree(scratch, ignore_errors=True)

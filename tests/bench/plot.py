@@ -214,9 +214,8 @@ def write_datapath_svg(path, data, target=1.05):
         x, legend_y = 20 + (entry % 3) * 260, DP_HEIGHT - 50 + (entry // 3) * 22
         out.append('<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="%s" stroke-width="2"%s/>'
                    % (x, legend_y, x + 26, legend_y, MODE_COLOURS[mode], "" if sets else ' stroke-dasharray="5,3"'))
-        out.append('<text x="%d" y="%d" font-size="12">%s</text>' % (
-            x + 31, legend_y + 4, escape("%s, %s" % (MODE_LABELS[mode], "cidr_sets: true" if sets
-                                                      else "one rule per CIDR"))))
+        label = "%s, %s" % (MODE_LABELS[mode], "cidr_sets: true" if sets else "one rule per CIDR")
+        out.append('<text x="%d" y="%d" font-size="12">%s</text>' % (x + 31, legend_y + 4, escape(label)))
     out.append("</svg>")
     with open(path, "w") as handle:
         handle.write("\n".join(out) + "\n")

@@ -29,7 +29,7 @@ DEMO_ENV      := ANSIBLE_COLLECTIONS_PATH=$(INSTALL_DIR):$(DEPS_DIR) ANSIBLE_LOC
 ARGS ?=
 gate_args = $(if $(strip $(ARGS)),-- $(ARGS),)
 
-.PHONY: help bootstrap venv deps images test lint sanity unit pytest integration molecule docs \
+.PHONY: help bootstrap venv deps images test lint sanity unit pytest integration molecule docs cores \
         build install demo demo-clean bench lock clean distclean
 
 help: ## list the targets
@@ -47,7 +47,7 @@ deps: ## .venv plus third-party collections (containers.podman, ...) in .cache/d
 images: ## build the molecule base images (skipped when their recipe is unchanged)
 	bash $(UTILS)/build-images.sh
 
-test: deps ## every gate (lint sanity unit integration molecule docs), summary table at the end
+test: deps ## every gate (lint sanity unit integration molecule docs cores), summary table at the end
 	bash $(RUN_GATES)
 
 lint: deps ## ansible-lint, production profile
@@ -72,6 +72,9 @@ molecule: deps ## molecule test of every scenario in podman (builds the images i
 
 docs: deps ## ansible-doc, antsibull-docs/-changelog lint, collection build + install check
 	bash $(RUN_GATES) docs $(gate_args)
+
+cores: deps ## the other ansible-core versions: sanity + units on each, integration at the edges (ARGS=2.17)
+	bash $(RUN_GATES) cores $(gate_args)
 
 build: deps ## build the collection tarball into .cache/build
 	bash $(UTILS)/build-collection.sh

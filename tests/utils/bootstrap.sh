@@ -7,8 +7,12 @@
 #   venv         .venv/ from tests/requirements.txt, constrained by tests/requirements-lock.txt
 #   collections  third-party collections (containers.podman, ...) unpacked from the "ansible"
 #                wheel on PyPI into .cache/deps (Galaxy is unreachable)
-# With no argument it does all three. Each step is skipped when it is already up to date, so
-# `make` targets can call it cheaply. Used by .ci/run, `make demo` and `make venv`.
+#   cores        one venv per extra ansible-core version, .cache/cores/X.Y, from the exact pins
+#                of tests/requirements-core-X.Y.txt on the Python its "# python:" line names
+#                (found on PATH or through pyenv); used by the gate "cores"
+# With no argument it does apt, venv and collections. Each step is skipped when it is already up
+# to date, so `make` targets can call it cheaply. Used by .ci/run, `make demo`, `make venv` and
+# (cores) the gate "cores".
 #
 # Package sources are the machine's own apt and pip configuration; nothing here names a host.
 set -euo pipefail
@@ -96,6 +100,41 @@ step_venv() {
     requirements_digest > "$stamp"
 }
 
+core_digest() {
+    { cat "$(core_requirements "$1")"; "$2/bin/python" -c 'import sys; print(sys.version)'; } | sha256sum | cut -d' ' -f1
+}
+
+step_cores() {
+    local core python_version python venv stamp
+    mkdir -p "$CORES_DIR"
+    # Two gates may bootstrap at once (make cores in two shells): one at a time.
+    exec 7>"$CORES_DIR.lock"
+    flock 7
+    for core in $(core_versions); do
+        python_version="$(core_python_version "$core")"
+        venv="$CORES_DIR/$core"
+        stamp="$venv/.meshops-requirements.sha256"
+        # A venv left half-made (interrupted while it was created) is made again.
+        if [ -e "$venv" ] && [ ! -f "$stamp" ] && ! "$venv/bin/python" -c 'import pip' 2>/dev/null; then
+            rm -rf "$venv"
+        fi
+        if [ ! -x "$venv/bin/python" ]; then
+            python="$(find_python_version "$python_version")" \
+                || die "ansible-core $core is tested on Python $python_version, which this machine lacks (neither python$python_version on PATH nor a pyenv $python_version.*): install it, e.g. 'pyenv install $python_version'"
+            log "cores: creating ${venv#"$MESHOPS_ROOT/"} with $python"
+            "$python" -m venv "$venv"
+        fi
+        if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$(core_digest "$core" "$venv")" ]; then
+            log "cores: ansible-core $core up to date"
+            continue
+        fi
+        log "cores: installing tests/requirements-core-$core.txt"
+        "$venv/bin/python" -m pip install --quiet -r "$(core_requirements "$core")"
+        core_digest "$core" "$venv" > "$stamp"
+    done
+    exec 7>&-
+}
+
 step_collections() {
     local stamp="$DEPS_COLLECTIONS_DIR/.meshops-collections" want wheel_dir wheel
     want="$ANSIBLE_WHEEL_SPEC ${DEP_COLLECTIONS[*]}"
@@ -138,7 +177,8 @@ main() {
             apt) step_apt ;;
             venv) step_venv ;;
             collections) step_venv; step_collections ;;
-            *) die "unknown step '$step' (apt, venv, collections)" ;;
+            cores) step_cores ;;
+            *) die "unknown step '$step' (apt, venv, collections, cores)" ;;
         esac
         log "bootstrap $step: $((SECONDS - start)) s"
     done

@@ -31,6 +31,10 @@ LOG_DIR="$CACHE_DIR/logs"
 TOOL_HOME="$CACHE_DIR/home"
 ANSIBLE_TEST_HOME="$TOOL_HOME"
 
+# Extra ansible-core versions tested besides the one in .venv: tests/requirements-core-X.Y.txt,
+# each installed into its own venv .cache/cores/X.Y by `bootstrap.sh cores`.
+CORES_DIR="$CACHE_DIR/cores"
+
 # Python version the gates run ansible-test with: the venv's.
 if [ -z "${TEST_PYTHON_VERSION:-}" ]; then
     TEST_PYTHON_VERSION="$("$VENV_DIR/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo 3.11)"
@@ -59,11 +63,12 @@ require_root() {
 }
 
 # Refresh the real collection copy ansible-test needs (tracked + untracked-not-ignored files).
-# $1 names the copy (the gate using it). The copy stays locked until this process and its
+# $1 names the copy (the gate using it); MESHOPS_COPY_SUFFIX, set by the cores gate, gives each
+# ansible-core version copies of its own. The copy stays locked until this process and its
 # children exit, so two runs of the same gate in one checkout wait for each other instead of
 # rewriting files under each other's feet.
 sync_collection_copy() {
-    local user="${1:?sync_collection_copy needs the name of its user}"
+    local user="${1:?sync_collection_copy needs the name of its user}${MESHOPS_COPY_SUFFIX:+-$MESHOPS_COPY_SUFFIX}"
     ANSIBLE_TEST_ROOT="$CACHE_DIR/ansible-test/$user"
     COLLECTION_COPY="$ANSIBLE_TEST_ROOT/ansible_collections/$COLLECTION_NAMESPACE/$COLLECTION_NAME"
     mkdir -p "$ANSIBLE_TEST_ROOT"
@@ -114,12 +119,87 @@ install_get_pip_standin() {
     [ -n "$pip_version" ] || die "cannot find the pip version ansible-test pins in $at_dir"
     cache="$ANSIBLE_TEST_HOME/.ansible/test/cache/get_pip_${pip_version//./_}.py"
     mkdir -p "$(dirname "$cache")"
-    cmp -s "$MESHOPS_ROOT/tests/utils/get-pip-offline.py" "$cache" \
-        || cp "$MESHOPS_ROOT/tests/utils/get-pip-offline.py" "$cache"
+    # Copied under another name and renamed: the cores gate runs two ansible-tests at once, and
+    # one must never read a half-written copy.
+    if ! cmp -s "$MESHOPS_ROOT/tests/utils/get-pip-offline.py" "$cache"; then
+        cp "$MESHOPS_ROOT/tests/utils/get-pip-offline.py" "$cache.$$"
+        mv -f "$cache.$$" "$cache"
+    fi
+}
+
+# ansible-test's SSH key pair (~/.ansible/test/id_rsa, .pub), made as ansible-test makes it when
+# it is missing: ansible-tests started at the same moment would each make it and the second one's
+# ssh-keygen would stop at "Overwrite (y/n)?". Made under other names, then renamed.
+ensure_ansible_test_ssh_key() {
+    local dir="$ANSIBLE_TEST_HOME/.ansible/test" tmp
+    [ -f "$dir/id_rsa" ] && [ -f "$dir/id_rsa.pub" ] && return 0
+    mkdir -p "$dir"
+    tmp="$(mktemp -d "$dir/.keygen.XXXXXX")"
+    ssh-keygen -m PEM -q -t rsa -N '' -f "$tmp/id_rsa" || { rm -rf "$tmp"; die "ssh-keygen failed"; }
+    # As ansible-test does: paramiko does not read the newer "BEGIN PRIVATE KEY" PEM header.
+    sed -i -E 's/(BEGIN|END) PRIVATE KEY/\1 RSA PRIVATE KEY/' "$tmp/id_rsa"
+    mv -f "$tmp/id_rsa.pub" "$dir/id_rsa.pub"
+    mv -f "$tmp/id_rsa" "$dir/id_rsa"
+    rm -rf "$tmp"
 }
 
 # Run ansible-test from the collection copy with HOME under .cache/.
 ansible_test() {
     install_get_pip_standin
     (cd "$COLLECTION_COPY" && HOME="$ANSIBLE_TEST_HOME" ansible-test "$@")
+}
+
+# The X.Y of every tests/requirements-core-X.Y.txt, oldest first.
+core_versions() {
+    local file
+    for file in "$MESHOPS_ROOT"/tests/requirements-core-*.txt; do
+        [ -f "$file" ] || continue
+        file="${file##*/requirements-core-}"
+        printf '%s\n' "${file%.txt}"
+    done | sort -t. -k1,1n -k2,2n
+}
+
+core_requirements() { printf '%s\n' "$MESHOPS_ROOT/tests/requirements-core-$1.txt"; }
+
+# The Python X.Y a core's venv runs on: the "# python: X.Y" line of its requirements file.
+core_python_version() {
+    local file version
+    file="$(core_requirements "$1")"
+    [ -f "$file" ] || die "no ${file#"$MESHOPS_ROOT/"} (ansible-core versions: $(core_versions | tr '\n' ' '))"
+    version="$(sed -n 's/^# python: *\([0-9][0-9.]*\).*/\1/p' "$file" | head -n1)"
+    [ -n "$version" ] || die "${file#"$MESHOPS_ROOT/"} has no '# python: X.Y' line"
+    printf '%s\n' "$version"
+}
+
+# Print the path of a base (not venv) Python X.Y interpreter, or return 1 when the machine has
+# none. A python3.Y on PATH counts only if it runs: pyenv's shims exist for every installed
+# version but answer only for the active ones, so pyenv's own X.Y.* is looked up next.
+find_python_version() {
+    local version="$1" exe root candidate
+    local query='import sys; print(getattr(sys, "_base_executable", None) or sys.executable)'
+    if exe="$("python$version" -c "$query" 2>/dev/null)" && [ -x "$exe" ]; then
+        printf '%s\n' "$exe"
+        return 0
+    fi
+    if command -v pyenv >/dev/null 2>&1 && root="$(pyenv prefix "$version" 2>/dev/null)" \
+            && [ -x "$root/bin/python$version" ]; then
+        printf '%s\n' "$root/bin/python$version"
+        return 0
+    fi
+    # pyenv installed but not initialised in this shell (no pyenv on PATH): its versions, newest first.
+    if [ -n "${PYENV_ROOT:-}" ]; then
+        for candidate in $(printf '%s\n' "$PYENV_ROOT"/versions/"$version".*/bin/"python$version" | sort -V -r); do
+            if "$candidate" -c 'pass' 2>/dev/null; then
+                printf '%s\n' "$candidate"
+                return 0
+            fi
+        done
+    fi
+    return 1
+}
+
+# The Python versions the ansible-test of venv $1 (default: VENV_DIR) supports on targets (the
+# choices of its --python), oldest first.
+ansible_test_python_versions() {
+    "${1:-$VENV_DIR}/bin/python" -c 'from ansible_test._internal.constants import SUPPORTED_PYTHON_VERSIONS as v; print(" ".join(v))'
 }

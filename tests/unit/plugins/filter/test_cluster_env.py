@@ -18,6 +18,15 @@ from ansible_collections.meshops.sidecar.plugins.filter.cluster_env import (
     cluster_env_parse,
 )
 
+try:
+    from ansible.module_utils.datatag import native_type_name
+except ImportError:  # ansible-core < 2.19 names the type as str() of the class
+    native_type_name = str
+
+# How the installed ansible-core names a str in its argument spec errors ("is of type str" from
+# 2.19 on, "is of type <class 'str'>" before): the tests below check the option and that type.
+STR_TYPE = native_type_name(str)
+
 # istioctl/pkg/workload/testdata/vmconfig/ipv4/cluster.env.golden (reference section 3.2).
 GOLDEN = """\
 CANONICAL_REVISION='latest'
@@ -347,7 +356,7 @@ def test_variables_that_give_no_option(env):
         ({"ISTIO_INBOUND_INTERCEPTION_MODE": "tproxy"},
          "ISTIO_INBOUND_INTERCEPTION_MODE='tproxy': inbound_interception_mode='tproxy': value of "
          "inbound_interception_mode must be one of: REDIRECT, TPROXY, got: tproxy"),
-        ({"ISTIO_INBOUND_TPROXY_MARK": "mark"}, "ISTIO_INBOUND_TPROXY_MARK='mark': tproxy_mark='mark': argument 'tproxy_mark' is of type str"),
+        ({"ISTIO_INBOUND_TPROXY_MARK": "mark"}, "ISTIO_INBOUND_TPROXY_MARK='mark': tproxy_mark='mark': argument 'tproxy_mark' is of type " + STR_TYPE),
         ({"ISTIO_INBOUND_TPROXY_MARK": "4294967296"}, "tproxy_mark=4294967296: a mark is 1 to 4294967295"),
         ({"ISTIO_INBOUND_TPROXY_MARK": "0"}, "ISTIO_INBOUND_TPROXY_MARK='0': tproxy_mark=0: a mark is 1"),
         ({"ISTIO_INBOUND_TPROXY_MARK": "0xzz"}, "ISTIO_INBOUND_TPROXY_MARK='0xzz': '0xzz' is not a mark"),
@@ -472,11 +481,12 @@ def test_options_none_and_empty():
         ({"dns_servers": ["198.18.0.0/24"]}, "dns_servers='198.18.0.0/24': not an IP address"),
         ({"dns_servers": ["fe80::53%eth0"]}, "dns_servers='fe80::53%eth0': a zone-scoped address"),
         ({"exclude_outbound_ip_ranges": ["fe80::1%eth0/64"]}, "exclude_outbound_ip_ranges='fe80::1%eth0/64': a zone-scoped"),
-        ({"capture_dns": "perhaps"}, "capture option capture_dns='perhaps': argument 'capture_dns' is of type str and we were unable to convert to bool"),
+        ({"capture_dns": "perhaps"},
+         "capture option capture_dns='perhaps': argument 'capture_dns' is of type " + STR_TYPE + " and we were unable to convert to bool"),
         ({"inbound_interception_mode": "redirect"}, "inbound_interception_mode='redirect': value of inbound_interception_mode must be one of"),
         # The issue's example: the module refuses it, so the filter does, before any change on the target.
         ({"inbound_interception_mode": "TPROXY", "tproxy_mark": 0}, "capture option tproxy_mark=0: a mark is 1 to 4294967295"),
-        ({"tproxy_mark": "0x539"}, "capture option tproxy_mark='0x539': argument 'tproxy_mark' is of type str"),
+        ({"tproxy_mark": "0x539"}, "capture option tproxy_mark='0x539': argument 'tproxy_mark' is of type " + STR_TYPE),
         ({"proxy_uid": ["4294967295"]}, "capture option proxy_uid='4294967295': ids are 0 to 4294967294"),
         ({"proxy_gid": "4294967296"}, "capture option proxy_gid='4294967296': ids are 0 to 4294967294"),
         ({"exclude_outbound_owner_groups": ["4294967296"]}, "exclude_outbound_owner_groups='4294967296': ids are 0"),

@@ -13,11 +13,10 @@ import sys
 
 import pytest
 
-from ansible.module_utils.testing import patch_module_args
-
 from ansible_collections.meshops.sidecar.plugins.modules import istio_redirect_chains
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.iptables_text import parse_save
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.run import CaptureRun
+from ansible_collections.meshops.sidecar.tests.unit.plugins.modules.utils import patch_module_args
 
 KERNEL = os.path.join(os.path.dirname(__file__), "..", "module_utils", "fixtures", "kernel")
 EMPTY_NAT = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n"

@@ -19,12 +19,12 @@ import os
 
 import pytest
 from ansible.module_utils import basic
-from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._netns import state as st
 from ansible_collections.meshops.sidecar.plugins.module_utils._netns import system
 from ansible_collections.meshops.sidecar.plugins.module_utils._system import namespace
 from ansible_collections.meshops.sidecar.plugins.modules import netns
+from ansible_collections.meshops.sidecar.tests.unit.plugins.modules.utils import patch_module_args
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "module_utils", "fixtures")
 IP = "/usr/sbin/ip"

@@ -63,8 +63,9 @@ def table_message(name, family=1):
     return struct.pack("=IHHII", 16 + len(body), NEWTABLE, 2, 1, 0) + body
 
 
-def done_message(error=None):
-    if error is None:
+def done_message(error=0):
+    """NLMSG_DONE, or with an errno ``error`` an NLMSG_ERROR answer carrying -error."""
+    if not error:
         return struct.pack("=IHHII", 20, 3, 2, 1, 0) + struct.pack("=i", 0)
     return struct.pack("=IHHII", 36, 2, 0, 1, 0) + struct.pack("=i", -error) + b"\0" * 16
 

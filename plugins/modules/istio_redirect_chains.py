@@ -244,6 +244,21 @@ options:
         after, and O(state=absent) removes them.
     type: bool
     default: false
+  keep_existing_connections:
+    description:
+      - Leave TCP connections that were open before the rules to go where they went, instead of redirecting them
+        mid-stream. Not an Istio setting; the default keeps the rules identical to Istio's.
+      - When conntrack first sees a connection that is already open (the rules are the first thing in the network
+        namespace to use conntrack, or the connection predates them), it takes that packet as the start of a new
+        connection, and Istio's rules redirect it to the proxy, which cuts the connection. The SSH session
+        Ansible uses to apply capture on a VM's own namespace is such a connection.
+      - When true, the first rule of C(ISTIO_OUTPUT) and of C(ISTIO_INBOUND) (C(istio-output), C(istio-inbound) in
+        native mode) returns a new TCP connection whose first packet is not a SYN. Connections that start with a
+        SYN, that is every connection opened after the rules, are captured exactly as without it.
+      - Applying capture over SSH on the namespace of the SSH session, with outbound capture on, is refused unless
+        this is true. The C(meshops.sidecar.interception) role sets it on the host namespace.
+    type: bool
+    default: false
   verify:
     description:
       - After applying, prove with a live connection that capture works, as Istio's C(--run-validation) does. As

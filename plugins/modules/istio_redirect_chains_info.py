@@ -244,6 +244,12 @@ options:
         (compared with only when O(compare=true) - the rules that match the sets; the sets' contents are not compared).
     type: bool
     default: false
+  keep_existing_connections:
+    description:
+      - O(meshops.sidecar.istio_redirect_chains#module:keep_existing_connections)
+        (compared with only when O(compare=true)).
+    type: bool
+    default: false
 notes:
   - When several modes hold rules, all of them are live in the kernel. RV(namespaces[].active) is then, of the
     modes traffic passes (iptables rules jumped to from a built-in chain, native tables with a base chain), the one

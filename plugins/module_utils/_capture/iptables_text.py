@@ -24,10 +24,10 @@ from typing import List, Tuple
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import address_text
 
-# Options that take no value, and those that take two (the set match's name and direction);
-# every other option takes exactly one.
+# Options that take no value, and those that take two (the set match's name and direction, the
+# TCP flags examined and those that must be set); every other option takes exactly one.
 _FLAG_OPTIONS = frozenset(("--save-mark", "--restore-mark"))
-_TWO_VALUE_OPTIONS = frozenset(("--match-set",))
+_TWO_VALUE_OPTIONS = frozenset(("--match-set", "--tcp-flags"))
 # Options of the implicit match that ``-p tcp|udp`` loads.
 _PROTOCOL_OPTIONS = frozenset(("--sport", "--dport", "--source-port", "--destination-port"))
 _FIELDS = {"-s": "-s", "--source": "-s", "-d": "-d", "--destination": "-d", "-i": "-i", "--in-interface": "-i",
@@ -150,7 +150,7 @@ def _hex_mark(value):
 def _canonical_match(name, options):
     by_name = {o.name: o for o in options}
     if name in ("tcp", "udp"):
-        ordered = [by_name[o] for o in ("--sport", "--dport") if o in by_name]
+        ordered = [by_name[o] for o in ("--sport", "--dport", "--tcp-flags") if o in by_name]
         return [Option(o.name, o.values, o.negated) for o in ordered]
     if name in ("mark", "connmark"):
         return [Option(o.name, [_hex_mark(o.values[0])], o.negated) for o in options]

@@ -69,6 +69,7 @@ class CaptureOptions:
     drop_invalid: bool = False
     native_nftables: bool = False
     cidr_sets: bool = False
+    keep_existing_connections: bool = False
 
     @property
     def tproxy(self):

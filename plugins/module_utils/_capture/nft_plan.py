@@ -118,6 +118,11 @@ def nft_ifname(option, name):
     return name if _PLAIN_WORD.match(name) else '"%s"' % name
 
 
+# keep_existing_connections (see _capture.plan.KEEP_EXISTING_ARGS): a connection conntrack picks up
+# mid-stream is "new" without a SYN; it returns instead of being redirected.
+KEEP_EXISTING_RULE = "meta l4proto tcp ct state new tcp flags & (fin|syn|rst|ack) != syn counter return"
+
+
 class _Builder:
     def __init__(self):
         self.rules = []
@@ -167,6 +172,8 @@ def generate_rules(opts):
 
     # 8-9. Outbound: everything enters istio-output; excluded ports leave first.
     b.add("nat", "output", "counter jump istio-output")
+    if opts.keep_existing_connections:
+        b.add("nat", "istio-output", KEEP_EXISTING_RULE)
     for port in opts.exclude_outbound_ports:
         port = nft_port(port)
         b.add("nat", "istio-output", "tcp dport %s counter return" % port)
@@ -285,6 +292,8 @@ def _inbound(b, opts, lo4, cap, mark):
             b.add("mangle", "istio-tproxy", "meta l4proto tcp ip6 daddr != %s tproxy ip6 to :%s meta mark set %s "
                   "counter accept" % (LOOPBACK_V6, cap, mark))
         b.add("mangle", "prerouting", "meta l4proto tcp counter jump istio-inbound")
+        if opts.keep_existing_connections:
+            b.add("mangle", "istio-inbound", KEEP_EXISTING_RULE)
         if ports == "*":
             for port in excluded:
                 b.add("mangle", "istio-inbound", "meta l4proto tcp tcp dport %s counter return" % port)
@@ -298,6 +307,8 @@ def _inbound(b, opts, lo4, cap, mark):
                 b.add("mangle", "istio-inbound", "meta l4proto tcp tcp dport %s counter jump istio-tproxy" % port)
         return
     b.add("nat", "prerouting", "meta l4proto tcp counter jump istio-inbound")
+    if opts.keep_existing_connections:
+        b.add("nat", "istio-inbound", KEEP_EXISTING_RULE)
     if ports == "*":
         for port in excluded:
             b.add("nat", "istio-inbound", "meta l4proto tcp tcp dport %s counter return" % port)

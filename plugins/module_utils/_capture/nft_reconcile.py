@@ -130,8 +130,11 @@ def canonical_rule(exprs):
 
 def _payload_protocol(expr):
     match = expr.get("match")
-    if match and isinstance(match["left"], dict) and "payload" in match["left"]:
-        return match["left"]["payload"].get("protocol")
+    left = match["left"] if match else None
+    if isinstance(left, dict) and "&" in left:  # tcp flags & (...): the payload is the first operand
+        left = left["&"][0]
+    if isinstance(left, dict) and "payload" in left:
+        return left["payload"].get("protocol")
     return None
 
 
@@ -281,6 +284,10 @@ def rule_expressions(text):
             exprs.append(expr)
         elif word in ("ip", "ip6") and nxt in ("saddr", "daddr"):
             expr, i = _match({"payload": {"protocol": word, "field": nxt}}, words, i + 2, _address)
+            exprs.append(expr)
+        elif word == "tcp" and nxt == "flags" and words[i + 2] == "&":  # tcp flags & (fin|syn) != syn
+            mask = words[i + 3].strip("()").split("|")
+            expr, i = _match({"&": [{"payload": {"protocol": "tcp", "field": "flags"}}, mask]}, words, i + 4, str)
             exprs.append(expr)
         elif word in ("tcp", "udp") and nxt in ("sport", "dport"):
             expr, i = _match({"payload": {"protocol": word, "field": nxt}}, words, i + 2, _number)

@@ -64,6 +64,9 @@ CAPTURE_OPTION_SPECS = {
     "native_nftables": dict(type="bool", default=False),
     # Beyond Istio: each CIDR list as one set lookup per family (see _capture.cidr_sets).
     "cidr_sets": dict(type="bool", default=False),
+    # Beyond Istio: connections open before the rules (picked up by conntrack mid-stream) keep going
+    # where they went (see _capture.plan.keep_existing_args).
+    "keep_existing_connections": dict(type="bool", default=False),
 }
 # How a task applies the rules and checks them afterwards: options of a run, not of the rules.
 BACKEND_SPEC = dict(type="str", default="auto", choices=["auto", "nft", "legacy"])
@@ -301,6 +304,7 @@ def build_options(params, resolve_user, resolve_group, default_dns_servers, dete
         drop_invalid=params["drop_invalid"],
         native_nftables=params["native_nftables"],
         cidr_sets=params["cidr_sets"],
+        keep_existing_connections=params["keep_existing_connections"],
     )
 
 

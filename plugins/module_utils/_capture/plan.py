@@ -62,6 +62,15 @@ def _has_loopback(cidrs):
     return False
 
 
+# keep_existing_connections: the first packet conntrack sees of a connection it was not tracking
+# (open before the rules, or before anything in the namespace used conntrack) is not a SYN, yet it
+# is "new" and would be redirected mid-stream, cutting the connection (an SSH session among them).
+# Such packets return; connections that start with a SYN are captured as Istio captures them.
+# Written in iptables-save's canonical form.
+KEEP_EXISTING_ARGS = ("-p", "tcp", "-m", "tcp", "!", "--tcp-flags", "FIN,SYN,RST,ACK", "SYN",
+                      "-m", "conntrack", "--ctstate", "NEW", "-j", "RETURN")
+
+
 def plan_rules(opts):
     """Return ``{family: [Rule, ...]}`` in Istio's collection order (section 2.1 of the reference)."""
     b = _Builder(opts.families)
@@ -105,6 +114,8 @@ def plan_rules(opts):
                 "--tproxy-mark", mark + "/0xffffffff", "--on-port", str(opts.inbound_capture_port),
             )
         b.add(table, "PREROUTING", "-p", "tcp", "-j", "ISTIO_INBOUND")
+        if opts.keep_existing_connections:
+            b.add(table, "ISTIO_INBOUND", *KEEP_EXISTING_ARGS)
         if opts.inbound_ports == "*":
             for port in opts.exclude_inbound_ports:
                 b.add(table, "ISTIO_INBOUND", "-p", "tcp", "--dport", port, "-j", "RETURN")
@@ -125,6 +136,8 @@ def plan_rules(opts):
 
     # 8-9. Outbound: every protocol enters ISTIO_OUTPUT; excluded ports leave first.
     b.add("nat", "OUTPUT", "-j", "ISTIO_OUTPUT")
+    if opts.keep_existing_connections:
+        b.add("nat", "ISTIO_OUTPUT", *KEEP_EXISTING_ARGS)
     for port in opts.exclude_outbound_ports:
         b.add("nat", "ISTIO_OUTPUT", "-p", "tcp", "--dport", port, "-j", "RETURN")
         b.add("nat", "ISTIO_OUTPUT", "-p", "udp", "--dport", port, "-j", "RETURN")

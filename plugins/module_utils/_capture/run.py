@@ -31,6 +31,7 @@ from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model imp
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.plan import plan_rules
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.ssh_guard import (
     captures_inbound_port,
+    captures_outbound_to,
     ssh_session,
 )
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.reconcile import (
@@ -151,7 +152,7 @@ class CaptureRun:
     def __init__(self, params, check_mode, runner, warn, diff_mode=True, find_session=ssh_session):
         """``runner``: a ``_system.commands`` runner; ``warn(text)`` reports a warning.
 
-        ``find_session()`` gives ``(port, netns_inode)`` of the SSH session this task runs over, or None.
+        ``find_session()`` gives the ``ssh_guard.SshSession`` this task runs over, or None.
         """
         self.params = params
         self.check_mode = check_mode
@@ -582,15 +583,27 @@ class CaptureRun:
                           % (self.record, exc))
 
     def _refuse_capturing_ssh(self, opts, session, home_inode):
+        """Fail when the rules would cut the SSH session this task runs over, or every later one."""
         if session is None:
             return
-        port, session_inode = session
         target_inode = namespace.inode_of(self.netns) if self.netns else home_inode
-        if session_inode == target_inode and captures_inbound_port(opts, port):
+        if session.netns_inode != target_inode:
+            return
+        for port in session.ports:
+            if captures_inbound_port(opts, port):
+                raise CaptureError(
+                    "refusing to capture inbound TCP port %d: it carries the SSH session this task runs over (%s), "
+                    "in the same network namespace, and new connections to it would go to the proxy. Add %d to "
+                    "exclude_inbound_ports (Istio's VM configuration excludes 22), or narrow inbound_ports."
+                    % (port, session.describe(), port))
+        if not opts.keep_existing_connections and captures_outbound_to(opts, session.client):
             raise CaptureError(
-                "refusing to capture inbound TCP port %d: it carries the SSH session this task runs over, in "
-                "the same network namespace, and new connections to it would go to the proxy. Add %d to "
-                "exclude_inbound_ports (Istio's VM configuration excludes 22), or narrow inbound_ports." % (port, port))
+                "refusing to apply capture with keep_existing_connections=false in the network namespace of the SSH "
+                "session this task runs over (%s): when conntrack picks up an open connection, its next packet "
+                "counts as new, and the session's replies%s would be redirected to the proxy, cutting the "
+                "session. Set keep_existing_connections=true (only connections that start with a SYN are "
+                "captured), or exclude the client's address from outbound capture."
+                % (session.describe(), " to " + session.client if session.client else ""))
 
     def _warn_about_other_backend(self, backend, families):
         nft, legacy = self.backends["nft"], self.backends["legacy"]

@@ -16,6 +16,7 @@ import pytest
 from ansible_collections.meshops.sidecar.plugins.modules import istio_redirect_chains
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.iptables_text import parse_save
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.run import CaptureRun
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.ssh_guard import SshSession
 from ansible_collections.meshops.sidecar.tests.unit.plugins.modules.utils import patch_module_args
 
 KERNEL = os.path.join(os.path.dirname(__file__), "..", "module_utils", "fixtures", "kernel")
@@ -96,11 +97,12 @@ def record_dir(mocker, tmp_path):
     return tmp_path / "run"
 
 
-def run_module(mocker, capsys, target, **args):
+def run_module(mocker, capsys, target, session=None, **args):
     mocker.patch("ansible.module_utils.basic.AnsibleModule.run_command", side_effect=target.run_command)
     mocker.patch("ansible.module_utils.basic.AnsibleModule.get_bin_path", side_effect=lambda name, *a, **k: name)
-    # The simulated target: not reached over SSH, and without python-iptables (so the nft tools serve).
-    mocker.patch.object(istio_redirect_chains, "CaptureRun", functools.partial(CaptureRun, find_session=lambda: None))
+    # The simulated target: not reached over SSH (unless ``session``), and without python-iptables
+    # (so the nft tools serve).
+    mocker.patch.object(istio_redirect_chains, "CaptureRun", functools.partial(CaptureRun, find_session=lambda: session))
     mocker.patch.dict(sys.modules, {"iptc": None})
     with patch_module_args(args):
         with pytest.raises(SystemExit):
@@ -306,3 +308,68 @@ def test_native_no_op_is_proven_by_the_generation_without_listing_the_tables(moc
     target.calls = []
     run_module(mocker, capsys, target, native_nftables=True, ipv6=False, exclude_outbound_ports=["9090"])
     assert ["nft", "-j", "list", "table", "inet", "istio-proxy-nat"] in [args for args, dummy in target.calls]
+
+
+# --- the SSH guard: the session's namespace is this process's own, as on a VM reached over SSH ---
+
+def own_session(ports=(22,), client="198.18.0.9", known=True):
+    return SshSession(tuple(ports), os.stat("/proc/self/ns/net").st_ino, client, known)
+
+
+VM_INBOUND = dict(exclude_inbound_ports=["22", "15090", "15021", "15020"])
+KEEP_RULE = "-A ISTIO_OUTPUT -p tcp -m tcp ! --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW -j RETURN"
+
+
+def test_ssh_guard_refuses_istio_rules_that_would_cut_the_session(mocker, capsys):
+    target = FakeTarget(EMPTY_NAT)
+    result = run_module(mocker, capsys, target, session=own_session(), ipv6=False, **VM_INBOUND)
+    assert result["failed"] is True
+    assert "keep_existing_connections=false" in result["msg"]
+    assert "198.18.0.9" in result["msg"]
+    assert target.writes() == []
+
+
+def test_ssh_guard_lets_keep_existing_connections_through(mocker, capsys):
+    target = FakeTarget(EMPTY_NAT)
+    result = run_module(mocker, capsys, target, session=own_session(), ipv6=False, keep_existing_connections=True,
+                        **VM_INBOUND)
+    assert result.get("failed") is not True, result
+    assert result["changed"] is True
+    assert KEEP_RULE in result["rules"]["ipv4"]
+    assert "-A ISTIO_INBOUND -p tcp -m tcp ! --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW -j RETURN" \
+        in result["rules"]["ipv4"]
+
+
+def test_ssh_guard_lets_an_excluded_client_through(mocker, capsys):
+    target = FakeTarget(EMPTY_NAT)
+    result = run_module(mocker, capsys, target, session=own_session(), ipv6=False,
+                        exclude_outbound_ip_ranges=["198.18.0.0/24"], **VM_INBOUND)
+    assert result.get("failed") is not True, result
+    assert KEEP_RULE not in result["rules"]["ipv4"]
+
+
+def test_ssh_guard_refuses_the_session_port(mocker, capsys):
+    target = FakeTarget(EMPTY_NAT)
+    result = run_module(mocker, capsys, target, session=own_session(), ipv6=False, keep_existing_connections=True)
+    assert result["failed"] is True
+    assert result["msg"].startswith("refusing to capture inbound TCP port 22:")
+    assert target.writes() == []
+
+
+def test_ssh_guard_with_an_unreadable_session_checks_every_configured_port(mocker, capsys):
+    target = FakeTarget(EMPTY_NAT)
+    session = own_session(ports=(22, 2222), client=None, known=False)
+    result = run_module(mocker, capsys, target, session=session, ipv6=False, keep_existing_connections=True,
+                        **VM_INBOUND)
+    assert result["failed"] is True
+    assert result["msg"].startswith("refusing to capture inbound TCP port 2222:")
+    assert "sshd's configured ports" in result["msg"]
+    assert target.writes() == []
+
+
+def test_ssh_guard_ignores_a_session_in_another_namespace(mocker, capsys):
+    target = FakeTarget(EMPTY_NAT)
+    session = SshSession((22,), os.stat("/proc/self/ns/net").st_ino + 1, "198.18.0.9")
+    result = run_module(mocker, capsys, target, session=session, ipv6=False)
+    assert result.get("failed") is not True, result
+    assert result["changed"] is True

@@ -329,3 +329,32 @@ def test_interface_names(name, expected):
 def test_interface_names_nft_cannot_match(name):
     with pytest.raises(OptionError, match="exclude_interfaces"):
         nft_ifname("exclude_interfaces", name)
+
+
+# --- keep_existing_connections: not Istio's; one return at the head of each capturing chain ---
+
+KEEP = "meta l4proto tcp ct state new tcp flags & (fin|syn|rst|ack) != syn counter return"
+
+
+def _chain_rules(opts, table, chain):
+    for planned in plan_ruleset(opts):
+        if planned.name == "istio-proxy-" + table:
+            for planned_chain in planned.chains:
+                if planned_chain.name == chain:
+                    return list(planned_chain.rules)
+    return []
+
+
+def test_keep_existing_connections_native_redirect():
+    opts = CaptureOptions(ipv6=True, keep_existing_connections=True)
+    assert _chain_rules(opts, "nat", "istio-output")[0] == KEEP
+    assert _chain_rules(opts, "nat", "istio-inbound")[1] == KEEP
+    plain = CaptureOptions(ipv6=True)
+    assert [r for r in _chain_rules(opts, "nat", "istio-output") if r != KEEP] == _chain_rules(plain, "nat", "istio-output")
+
+
+def test_keep_existing_connections_native_tproxy():
+    opts = CaptureOptions(inbound_interception_mode="TPROXY", keep_existing_connections=True)
+    inbound = _chain_rules(opts, "mangle", "istio-inbound")
+    assert inbound.index(KEEP) < inbound.index("meta l4proto tcp ct state related,established counter jump istio-divert")
+    assert KEEP not in _chain_rules(opts, "nat", "istio-inbound")

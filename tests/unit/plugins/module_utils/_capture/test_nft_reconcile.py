@@ -311,3 +311,14 @@ def test_ct_state_sets_compare_by_their_members():
     assert canonical_rule(_ct_state({"set": ["new", "invalid"]})) != listed
     assert canonical_rule(_ct_state({"set": ["invalid"]})) != canonical_rule(_ct_state({"set": ["new"]}))
     assert canonical_rule(_ct_state("established")) == canonical_rule(_ct_state({"set": ["established"]}))
+
+
+def test_keep_existing_rule_matches_what_the_kernel_lists():
+    # nft 1.0.6 `nft -j list` of the rule the planner writes for keep_existing_connections
+    # (it drops the `meta l4proto tcp` that the tcp flags match implies).
+    kernel = [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "new"}},
+              {"match": {"op": "!=", "left": {"&": [{"payload": {"protocol": "tcp", "field": "flags"}},
+                                                    ["fin", "syn", "rst", "ack"]]}, "right": "syn"}},
+              {"counter": {"packets": 3, "bytes": 180}}, {"return": None}]
+    text = "meta l4proto tcp ct state new tcp flags & (fin|syn|rst|ack) != syn counter return"
+    assert canonical_rule(rule_expressions(text)) == canonical_rule(kernel)

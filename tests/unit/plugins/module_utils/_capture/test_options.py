@@ -32,6 +32,7 @@ DEFAULTS = dict(
     dns_servers=None, ipv6=None, ipv4_loopback_cidr="127.0.0.1/32", drop_invalid=False,
     native_nftables=False,
     cidr_sets=False,
+    keep_existing_connections=False,
 )
 USERS = {"istio-proxy": 998}
 GROUPS = {"istio-proxy": 997, "apps": 500}

@@ -259,3 +259,45 @@ def test_chain_declaration_order_counts_jump_targets():
     rules = plan_rules(CaptureOptions(drop_invalid=True))[IPV4]
     assert chains_in_order(rules, "mangle") == ["ISTIO_DROP"]
     assert chains_in_order(rules, "nat")[:4] == ["ISTIO_INBOUND", "ISTIO_REDIRECT", "ISTIO_IN_REDIRECT", "ISTIO_OUTPUT"]
+
+
+# --- keep_existing_connections: not Istio's; one RETURN at the head of each capturing chain ---
+
+KEEP = ("-p", "tcp", "-m", "tcp", "!", "--tcp-flags", "FIN,SYN,RST,ACK", "SYN", "-m", "conntrack", "--ctstate", "NEW",
+        "-j", "RETURN")
+
+
+def _chain(rules, table, chain):
+    return [rule.args for rule in rules if rule.table == table and rule.chain == chain]
+
+
+@pytest.mark.parametrize("family", [IPV4, IPV6])
+def test_keep_existing_connections_redirect_mode(family):
+    rules = plan_rules(CaptureOptions(ipv6=True, keep_existing_connections=True))[family]
+    assert _chain(rules, "nat", "ISTIO_OUTPUT")[0] == KEEP
+    inbound = _chain(rules, "nat", "ISTIO_INBOUND")
+    assert inbound[:2] == [("-p", "tcp", "--dport", "15008", "-j", "RETURN"), KEEP]
+    assert sum(1 for rule in rules if rule.args == KEEP) == 2
+
+
+def test_keep_existing_connections_tproxy_mode_returns_before_the_tproxy_jump():
+    rules = plan_rules(CaptureOptions(inbound_interception_mode="TPROXY", keep_existing_connections=True))[IPV4]
+    inbound = _chain(rules, "mangle", "ISTIO_INBOUND")
+    assert KEEP in inbound
+    divert = ("-p", "tcp", "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ISTIO_DIVERT")
+    assert inbound.index(KEEP) < inbound.index(divert)
+    assert KEEP not in _chain(rules, "nat", "ISTIO_INBOUND")  # nat's ISTIO_INBOUND only holds the tunnel RETURN
+    assert _chain(rules, "nat", "ISTIO_OUTPUT")[0] == KEEP
+
+
+def test_keep_existing_connections_without_inbound_capture():
+    rules = plan_rules(CaptureOptions(inbound_ports=(), keep_existing_connections=True))[IPV4]
+    assert KEEP not in _chain(rules, "nat", "ISTIO_INBOUND")
+    assert _chain(rules, "nat", "ISTIO_OUTPUT")[0] == KEEP
+
+
+def test_keep_existing_connections_off_is_istio():
+    plain = plan_rules(CaptureOptions(ipv6=True))
+    kept = plan_rules(CaptureOptions(ipv6=True, keep_existing_connections=True))
+    for family in (IPV4, IPV6):
+        assert [rule for rule in kept[family] if rule.args != KEEP] == plain[family]

@@ -11,7 +11,14 @@ import json
 import pytest
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import IPV4, IPV6, CaptureOptions
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.ssh_guard import captures_inbound_port
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture import ssh_guard
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.ssh_guard import (
+    SshSession,
+    captures_inbound_port,
+    captures_outbound_to,
+    ssh_session,
+    sshd_ports,
+)
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.routes import (
     PolicyRoute,
     desired_policy_routes,
@@ -80,3 +87,90 @@ def test_passthrough_address(text, present):
 ])
 def test_ssh_port_capture(opts, port, captured):
     assert captures_inbound_port(opts, port) is captured
+
+
+@pytest.mark.parametrize("opts,address,captured", [
+    (CaptureOptions(), "198.18.0.9", True),
+    (CaptureOptions(), None, True),  # the client is not known: assume the worst
+    (CaptureOptions(), "127.0.0.1", False),
+    (CaptureOptions(outbound_ip_ranges=()), "198.18.0.9", False),
+    (CaptureOptions(exclude_outbound_ip_ranges=((IPV4, "198.18.0.0/24"),)), "198.18.0.9", False),
+    (CaptureOptions(exclude_outbound_ip_ranges=((IPV4, "198.18.1.0/24"),)), "198.18.0.9", True),
+    (CaptureOptions(outbound_ip_ranges=((IPV4, "10.0.0.0/8"),)), "198.18.0.9", False),
+    (CaptureOptions(outbound_ip_ranges=((IPV6, "2001:db8::/32"),)), "2001:db8::9", True),
+    (CaptureOptions(), "not-an-address", True),
+])
+def test_outbound_capture_of_the_session_client(opts, address, captured):
+    assert captures_outbound_to(opts, address) is captured
+
+
+class FakeProc:
+    """A process tree for ssh_session(): pid -> (name, parent, environ or None when unreadable, netns inode)."""
+
+    def __init__(self, mocker, tree):
+        self.tree = tree
+        mocker.patch.object(ssh_guard, "_environ", lambda pid: tree[pid][2] if pid in tree else {})
+        mocker.patch.object(ssh_guard, "_status", lambda pid: tree[pid][:2] if pid in tree else ("", 0))
+        mocker.patch.object(ssh_guard, "_netns_inode", lambda pid: tree[pid][3] if pid in tree else None)
+
+
+SESSION_ENV = {"SSH_CONNECTION": "198.18.0.9 40000 198.18.0.1 22", "USER": "fleet"}
+
+
+def test_session_found_above_sudo(mocker):
+    # python (root) <- sh <- sudo <- sh (the user, with SSH_CONNECTION) <- sshd
+    FakeProc(mocker, {50: ("python3", 40, {}, 7), 40: ("sh", 30, {}, 7), 30: ("sudo", 20, None, 7),
+                      20: ("sh", 10, SESSION_ENV, 7), 10: ("sshd", 1, None, 7)})
+    assert ssh_session(50) == SshSession((22,), 7, "198.18.0.9", True)
+
+
+def test_no_session_outside_ssh(mocker):
+    FakeProc(mocker, {50: ("python3", 40, {}, 7), 40: ("bash", 1, {"USER": "root"}, 7)})
+    assert ssh_session(50) is None
+
+
+def test_unreadable_environment_under_sshd_fails_closed(mocker):
+    # No CAP_SYS_PTRACE: the user's processes and sudo cannot be read; sshd-session is above them.
+    FakeProc(mocker, {50: ("python3", 40, {}, 7), 40: ("sudo", 20, None, 7), 20: ("sh", 10, None, 7),
+                      10: ("sshd-session", 5, None, 7), 5: ("sshd", 1, None, 7)})
+    session = ssh_session(50, configured_ports=lambda: (22, 2222))
+    assert session == SshSession((22, 2222), 7, None, False)
+    assert "22 or 2222" in session.describe()
+
+
+def test_unreadable_environment_without_sshd_is_no_session(mocker):
+    FakeProc(mocker, {50: ("python3", 40, {}, 7), 40: ("sudo", 20, None, 7), 20: ("bash", 1, None, 7)})
+    assert ssh_session(50, configured_ports=lambda: (22,)) is None
+
+
+def test_malformed_ssh_connection_is_no_session(mocker):
+    FakeProc(mocker, {50: ("python3", 1, {"SSH_CONNECTION": "garbage"}, 7)})
+    assert ssh_session(50) is None
+
+
+class Done:
+    def __init__(self, returncode, stdout):
+        self.returncode, self.stdout = returncode, stdout
+
+
+@pytest.mark.parametrize("answer,ports", [
+    (Done(0, "port 22\nport 2222\naddressfamily any\nport 22\n"), (22, 2222)),
+    (Done(0, "addressfamily any\n"), (22,)),
+    (Done(255, ""), (22,)),  # sshd -T failed (no host keys, bad config)
+])
+def test_sshd_ports(mocker, answer, ports):
+    mocker.patch.object(ssh_guard.shutil, "which", lambda name, path=None: "/usr/sbin/sshd")
+    assert sshd_ports(run=lambda *a, **k: answer) == ports
+
+
+def test_sshd_ports_without_sshd(mocker):
+    mocker.patch.object(ssh_guard.shutil, "which", lambda name, path=None: None)
+    assert sshd_ports(run=lambda *a, **k: pytest.fail("nothing to run")) == (22,)
+
+
+def test_sshd_ports_when_sshd_cannot_run(mocker):
+    mocker.patch.object(ssh_guard.shutil, "which", lambda name, path=None: "/usr/sbin/sshd")
+
+    def broken(*args, **kwargs):
+        raise OSError("exec format error")
+    assert sshd_ports(run=broken) == (22,)

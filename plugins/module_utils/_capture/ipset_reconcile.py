@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.ipset import (
     OWNED_NAMES,
     TEMPORARY_SUFFIX,
+    IpsetHeader,
     IpsetState,
 )
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.cidr_sets import interval_cidrs, planned_sets
@@ -93,6 +94,12 @@ def plan_changes(wanted, live):
     return IpsetChanges(_script(fill), destroy)
 
 
+def expected_headers(wanted):
+    """``{name: IpsetHeader}`` of the sets ``wanted``, once ``create_lines`` filled them."""
+    return {name: IpsetHeader(state.type, state.family, len(interval_cidrs(state.intervals, _FAMILY_OF[state.family])))
+            for name, state in wanted.items()}
+
+
 def create_lines(name, state):
     """``create`` and ``add`` lines of one set, sized for its contents."""
     cidrs = interval_cidrs(state.intervals, _FAMILY_OF[state.family])
@@ -121,3 +128,9 @@ def render_ipsets(sets):
             lines += ["add %s %s" % (name, text)
                       for text in interval_cidrs(found.intervals, _FAMILY_OF.get(found.family, IPV4))]
     return "".join(line + "\n" for line in lines)
+
+
+def describe_headers(headers):
+    """``{name: IpsetHeader}`` in one line: ``istio-exclude-v4 (hash:net inet, 10000 entries)``."""
+    return ", ".join("%s (%s %s, %s entries)" % (name, found.type, found.family, found.entries)
+                     for name, found in sorted(headers.items())) or "none"

@@ -522,14 +522,18 @@ class CaptureRun:
         """Read what was just changed again: the kernel must now hold exactly what was planned."""
         problems = []
         if ipsets.changes:
+            # ipset restore exits 0 only when every line took effect, so a set it filled holds the
+            # script's members: what each set is and its number of entries are read back, not the members.
             try:
-                now = ipsets.backend.read()
+                now = ipsets.backend.read_headers()
             except BackendError as exc:
                 problems.append("ipsets cannot be read back: %s" % exc)
             else:
-                if {name: found for name, found in now.items() if name not in ipsets.left} != ipsets.wanted:
-                    problems.append("ipsets differ from the plan: now\n%swanted\n%s" % (
-                        ipset_reconcile.render_ipsets(now), ipset_reconcile.render_ipsets(ipsets.wanted)))
+                wanted = ipset_reconcile.expected_headers(ipsets.wanted)
+                now = {name: found for name, found in now.items() if name not in ipsets.left}
+                if now != wanted:
+                    problems.append("ipsets differ from the plan: now %s, wanted %s" % (
+                        ipset_reconcile.describe_headers(now), ipset_reconcile.describe_headers(wanted)))
         if native.changes and not self.native_stamp:  # the stamp: proven by the generation (_apply_native)
             try:
                 document = native.backend.read()

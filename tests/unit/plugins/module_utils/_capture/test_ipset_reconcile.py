@@ -12,8 +12,10 @@ from ansible_collections.meshops.sidecar.plugins.module_utils._capture import ip
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.base import BackendError
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.ipset import (
     IpsetBackend,
+    IpsetHeader,
     IpsetState,
     parse_save,
+    parse_terse,
 )
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.cidr_sets import intervals_of_texts
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.iptables_text import parse_save as parse_iptables
@@ -168,3 +170,52 @@ def test_backend_destroy_leaves_a_set_in_use_and_fails_on_anything_else():
     broken = _Runner({("destroy", "istio-exclude-v4"): (1, "", "Kernel error")})
     with pytest.raises(BackendError, match="ipset destroy istio-exclude-v4 failed"):
         IpsetBackend(broken).destroy(["istio-exclude-v4"])
+
+
+TERSE = """Name: istio-exclude-v4
+Type: hash:net
+Revision: 7
+Header: family inet hashsize 1024 maxelem 65536 bucketsize 12 initval 0xc7328d7e
+Size in memory: 504
+References: 1
+Number of entries: 2
+"""
+
+
+def test_terse_listing_gives_what_the_set_is_and_its_size():
+    assert parse_terse(TERSE) == IpsetHeader("hash:net", "inet", 2)
+    assert parse_terse("Name: x\nType: hash:ip\nHeader: family inet6 hashsize 64\nNumber of entries: 0\n") == \
+        IpsetHeader("hash:ip", "inet6", 0)
+    assert parse_terse("garbage") == IpsetHeader(None, None, None)
+
+
+def test_expected_headers_count_the_entries_the_fill_writes():
+    # 10.0.0.0/24 and 10.0.1.0/24 merge into 10.0.0.0/23: one entry; the IPv6 /48 is one.
+    assert ipset_reconcile.expected_headers(WANTED) == {
+        "istio-exclude-v4": IpsetHeader("hash:net", "inet", 1), "istio-exclude-v6": IpsetHeader("hash:net", "inet6", 1)}
+    odd = {"istio-exclude-v4": _state("inet", "10.0.0.0/24", "10.0.1.0/24", "10.0.2.0/24")}  # /23 + /24
+    assert ipset_reconcile.expected_headers(odd)["istio-exclude-v4"].entries == 2
+    for name, state in odd.items():
+        assert len([line for line in ipset_reconcile.create_lines(name, state) if line.startswith("add ")]) == 2
+
+
+def test_headers_are_read_for_the_sets_of_ours_only():
+    runner = _Runner({("list", "-name"): (0, "users\nistio-exclude-v4\n", ""),
+                      ("list", "-terse", "istio-exclude-v4"): (0, TERSE, "")})
+    assert IpsetBackend(runner).read_headers() == {"istio-exclude-v4": IpsetHeader("hash:net", "inet", 2)}
+    assert [call[0] for call in runner.calls] == [["list", "-name"], ["list", "-terse", "istio-exclude-v4"]]
+    gone = _Runner({("list", "-name"): (0, "istio-exclude-v4\n", ""),
+                    ("list", "-terse", "istio-exclude-v4"): (1, "", "The set with the given name does not exist")})
+    assert IpsetBackend(gone).read_headers() == {}
+    broken = _Runner({("list", "-name"): (0, "istio-exclude-v4\n", ""),
+                      ("list", "-terse", "istio-exclude-v4"): (1, "", "Kernel error")})
+    with pytest.raises(BackendError, match="ipset list -terse istio-exclude-v4 failed"):
+        IpsetBackend(broken).read_headers()
+    assert IpsetBackend(_Runner({}, ipset=None)).read_headers() == {}
+
+
+def test_headers_describe_themselves():
+    assert ipset_reconcile.describe_headers({}) == "none"
+    assert ipset_reconcile.describe_headers({"b": IpsetHeader("hash:net", "inet6", 3),
+                                             "a": IpsetHeader("hash:net", "inet", 1)}) == \
+        "a (hash:net inet, 1 entries), b (hash:net inet6, 3 entries)"

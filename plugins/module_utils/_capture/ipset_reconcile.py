@@ -17,6 +17,7 @@ never a half-filled set.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.ipset import (
@@ -33,6 +34,7 @@ _FAMILY = {IPV4: "inet", IPV6: "inet6"}
 _FAMILY_OF = {"inet": IPV4, "inet6": IPV6}
 MIN_MAXELEM = 65536  # ipset's default
 _MATCH_SET = "--match-set istio-"  # the rule text of a match on one of ours (cidr_sets.SET_NAMES)
+_HOST_SUFFIX = re.compile(r"/(32|128)$")
 
 
 class IpsetConflict(ValueError):
@@ -43,6 +45,7 @@ class IpsetConflict(ValueError):
 class IpsetChanges:
     fill: str = ""  # ipset restore script, run before the iptables transaction
     destroy: tuple = ()  # names of the sets to destroy after it
+    filled: tuple = ()  # names of the sets the script creates or refills
 
     def __bool__(self):
         return bool(self.fill or self.destroy)
@@ -73,11 +76,12 @@ def rules_match_sets(tables):
 
 def plan_changes(wanted, live):
     """``IpsetChanges`` turning the sets of ours ``live`` (``IpsetBackend.read()``) into ``wanted``."""
-    fill, destroyed = [], set()
+    fill, destroyed, filled = [], set(), []
     for name in sorted(wanted):
         want, have = wanted[name], live.get(name)
         if have == want:
             continue
+        filled.append(name)
         if have is not None and (have.type, have.family) != (want.type, want.family):
             raise IpsetConflict(
                 "cidr_sets=true: the ipset %s exists as %s family %s, not %s family %s, so its contents cannot "
@@ -91,13 +95,23 @@ def plan_changes(wanted, live):
             fill += ["swap %s %s" % (target, name), "destroy %s" % target]
             destroyed.add(target)
     destroy = tuple(name for name in sorted(live) if name in OWNED_NAMES and name not in wanted and name not in destroyed)
-    return IpsetChanges(_script(fill), destroy)
+    return IpsetChanges(_script(fill), destroy, tuple(filled))
 
 
-def expected_headers(wanted):
-    """``{name: IpsetHeader}`` of the sets ``wanted``, once ``create_lines`` filled them."""
-    return {name: IpsetHeader(state.type, state.family, len(interval_cidrs(state.intervals, _FAMILY_OF[state.family])))
+def expected_headers(wanted, filled):
+    """``{name: IpsetHeader}`` of the sets ``wanted`` after a run: those it ``filled`` hold what
+    ``create_lines`` wrote; the others were already the plan, written in any way (entries None: not counted)."""
+    return {name: IpsetHeader(state.type, state.family,
+                              len(interval_cidrs(state.intervals, _FAMILY_OF[state.family])) if name in filled else None)
             for name, state in wanted.items()}
+
+
+def headers_match(now, expected):
+    """``read_headers()`` against ``expected_headers()``: same sets, same make, counted entries equal."""
+    return set(now) == set(expected) and all(
+        (now[name].type, now[name].family) == (want.type, want.family)
+        and (want.entries is None or now[name].entries == want.entries)
+        for name, want in expected.items())
 
 
 def create_lines(name, state):
@@ -125,12 +139,14 @@ def render_ipsets(sets):
         if found.intervals and found.intervals[0] == "unreadable":
             lines += ["add %s %s" % (name, member) for member in found.intervals[1:]]
         else:
-            lines += ["add %s %s" % (name, text)
+            # As ipset save prints them: a host without its /32 or /128.
+            lines += ["add %s %s" % (name, _HOST_SUFFIX.sub("", text))
                       for text in interval_cidrs(found.intervals, _FAMILY_OF.get(found.family, IPV4))]
     return "".join(line + "\n" for line in lines)
 
 
 def describe_headers(headers):
     """``{name: IpsetHeader}`` in one line: ``istio-exclude-v4 (hash:net inet, 10000 entries)``."""
-    return ", ".join("%s (%s %s, %s entries)" % (name, found.type, found.family, found.entries)
+    return ", ".join("%s (%s %s, %s entries)" % (name, found.type, found.family,
+                                                 "any number of" if found.entries is None else found.entries)
                      for name, found in sorted(headers.items())) or "none"

@@ -529,9 +529,9 @@ class CaptureRun:
             except BackendError as exc:
                 problems.append("ipsets cannot be read back: %s" % exc)
             else:
-                wanted = ipset_reconcile.expected_headers(ipsets.wanted)
+                wanted = ipset_reconcile.expected_headers(ipsets.wanted, ipsets.changes.filled)
                 now = {name: found for name, found in now.items() if name not in ipsets.left}
-                if now != wanted:
+                if not ipset_reconcile.headers_match(now, wanted):
                     problems.append("ipsets differ from the plan: now %s, wanted %s" % (
                         ipset_reconcile.describe_headers(now), ipset_reconcile.describe_headers(wanted)))
         if native.changes and not self.native_stamp:  # the stamp: proven by the generation (_apply_native)

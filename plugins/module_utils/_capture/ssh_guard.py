@@ -74,10 +74,15 @@ def _status(pid):
 
 
 def _netns_inode(pid):
-    try:
-        return os.stat("/proc/%d/ns/net" % pid).st_ino
-    except OSError:
-        return None
+    """The network namespace of ``pid``; this process's own when that one may not be looked at (another
+    user's process, without CAP_SYS_PTRACE): sudo and the shells between the session and the module do
+    not change namespaces."""
+    for path in ("/proc/%d/ns/net" % pid, "/proc/self/ns/net"):
+        try:
+            return os.stat(path).st_ino
+        except OSError:
+            continue
+    return None
 
 
 def sshd_ports(run=subprocess.run):

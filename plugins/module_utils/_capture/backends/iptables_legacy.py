@@ -28,6 +28,7 @@ import importlib.util
 import ipaddress
 import os
 import socket
+import subprocess
 import sys
 import time
 
@@ -238,8 +239,13 @@ def _legacy_holds_rules(family):
 
 
 def _legacy_apply(family, changes):
-    """Prepare every table of ``changes`` (in commit order), then commit them one by one."""
+    """Check that every rule of ``changes`` can be built, prepare each table (in commit order), then commit them one by one."""
     changes = [(table, [Op(**op) for op in ops]) for table, ops in changes]
+    try:
+        _check_buildable(family, changes)
+    except (iptc.IPTCError, iptc.xtables.XTablesError, ValueError) as exc:
+        raise BackendError("%s cannot build the rules, nothing changed: %s. Use backend=nft (the iptables-nft "
+                           "tools), or a python-iptables that matches this libxtables" % (_versions(), exc))
     with _XtablesLock():
         before = {table: _legacy_rules(family, table) for table, dummy in changes}
         handles = []
@@ -295,6 +301,53 @@ def _put_back(family, tables, before):
     return "putting back the tables already committed failed for %s: %s still %s the new rules%s; run the task again" % (
         ", ".join(failed), " and ".join(f.split(" ")[0] for f in failed), "holds" if len(failed) == 1 else "hold",
         "; %s %s back as it was" % (done, "is" if len(restored) == 1 else "are") if restored else "")
+
+
+def _versions():
+    """``python-iptables 1.0.1 with iptables v1.8.11 (legacy)``: what a refusal of python-iptables names."""
+    found = "python-iptables %s" % getattr(getattr(iptc, "version", None), "__version__", "(version unknown)")
+    for directory in os.environ.get("PATH", "").split(os.pathsep) + ["/usr/sbin", "/sbin"]:
+        tool = os.path.join(directory, "iptables-legacy")
+        if os.access(tool, os.X_OK):
+            try:
+                done = subprocess.run([tool, "--version"], capture_output=True, text=True, timeout=10, check=False)
+            except (OSError, subprocess.SubprocessError):
+                break
+            if done.stdout.strip():
+                found += " with %s" % done.stdout.strip()
+            break
+    return found
+
+
+def _check_buildable(family, changes):
+    """Set the match options of every rule of ``changes`` (each shape once) on a rule of their own:
+    a match python-iptables cannot build (a libxtables it does not match) fails here, before any
+    table is opened, since opening one creates it in the kernel. Matches only: python-iptables 1.0
+    opens every table of the namespace as soon as a rule gets a target, a verdict included."""
+    seen = set()
+    for dummy, ops in changes:
+        for op in ops:
+            if op.kind not in ("append", "insert"):
+                continue
+            parsed = parse_rule(op.args)
+            shape = (parsed.fields.get("-p"), repr(parsed.matches))
+            if not parsed.matches or shape in seen:
+                continue
+            seen.add(shape)
+            rule = iptc.Rule() if family == IPV4 else iptc.Rule6()
+            if "-p" in parsed.fields:
+                negated, protocol = parsed.fields["-p"]
+                rule.protocol = ("!" if negated else "") + protocol
+            for name, options in parsed.matches:
+                _set_options(rule.create_match(name), options)
+
+
+def _set_options(match, options):
+    for option in options:
+        if len(option.values) > 1:  # --match-set NAME dst: each value its own argument
+            match.set_parameter(option.name[2:], (["!"] if option.negated else []) + option.values)
+        else:
+            match.set_parameter(option.name[2:], ("!" if option.negated else "") + " ".join(option.values))
 
 
 def _apply_ops(handle, family, ops, current):
@@ -480,12 +533,7 @@ def _build_rule(args, family):
     for flag, (negated, value) in parsed.fields.items():
         setattr(rule, setters[flag], ("!" if negated else "") + value)
     for name, options in parsed.matches:
-        match = rule.create_match(name)
-        for option in options:
-            if len(option.values) > 1:  # --match-set NAME dst: each value its own argument
-                match.set_parameter(option.name[2:], (["!"] if option.negated else []) + option.values)
-            else:
-                match.set_parameter(option.name[2:], ("!" if option.negated else "") + " ".join(option.values))
+        _set_options(rule.create_match(name), options)
     target = rule.create_target(parsed.target)
     for option in parsed.target_options:
         target.set_parameter(option.name[2:], " ".join(option.values))

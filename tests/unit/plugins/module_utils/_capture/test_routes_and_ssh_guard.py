@@ -174,3 +174,15 @@ def test_sshd_ports_when_sshd_cannot_run(mocker):
     def broken(*args, **kwargs):
         raise OSError("exec format error")
     assert sshd_ports(run=broken) == (22,)
+
+
+def test_namespace_of_an_unreadable_process_is_this_process_s_own(mocker):
+    own = ssh_guard.os.stat("/proc/self/ns/net").st_ino
+    real_stat = ssh_guard.os.stat
+
+    def stat(path):
+        if path == "/proc/4242/ns/net":
+            raise PermissionError(13, "Permission denied")
+        return real_stat(path)
+    mocker.patch.object(ssh_guard.os, "stat", stat)
+    assert ssh_guard._netns_inode(4242) == own  # pylint: disable=protected-access

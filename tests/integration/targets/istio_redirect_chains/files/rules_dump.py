@@ -21,11 +21,15 @@ comparing two dumps ignores the order in which chains were created; rules keep t
 
 RULES.json on stdin is the ``rules`` return value of istio_redirect_chains ({family: save text}).
 ``rules_check`` then lists, per family, every way the kernel differs from it: an ``ISTIO_*`` chain
-missing, different or unexpected, or a rule of a built-in chain missing or out of order.
+missing, different or unexpected, or a rule of a built-in chain missing or out of order. Its key
+``ipsets`` (``cidr_sets`` on an iptables backend: the sets as ``ipset save`` prints them) is checked
+against ``ipset save`` in the namespace: ``rules_check.ipsets`` lists every ``istio-*`` set missing,
+unexpected, of another type or family, or with other members (``A`` and ``A/32`` are one member).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import subprocess
 import sys
@@ -90,6 +94,38 @@ def rules_problems(kernel, expected):
     return problems
 
 
+def parse_ipsets(text):
+    """``ipset save`` text -> {NAME: [TYPE, FAMILY, sorted members]} for the sets named ``istio-*``."""
+    sets = {}
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) < 3 or not words[1].startswith("istio-"):
+            continue
+        if words[0] == "create":
+            family = words[words.index("family") + 1] if "family" in words[3:] else None
+            sets[words[1]] = [words[2], family, []]
+        elif words[0] == "add":
+            # the member as a network (A and A/32 are one), with its options (nomatch) if any
+            sets[words[1]][2].append(" ".join([str(ipaddress.ip_network(words[2], strict=False))] + words[3:]))
+        else:
+            sys.exit("unexpected ipset save line: %r" % line)
+    for found in sets.values():
+        found[2].sort()
+    return sets
+
+
+def ipsets_problems(kernel, expected):
+    problems = []
+    for name in sorted(set(kernel) | set(expected)):
+        if name not in expected:
+            problems.append("ipset %s: unexpected in the kernel" % name)
+        elif name not in kernel:
+            problems.append("ipset %s: missing from the kernel" % name)
+        elif kernel[name] != expected[name]:
+            problems.append("ipset %s: kernel has %s, rules say %s" % (name, kernel[name], expected[name]))
+    return problems
+
+
 def dump(netns, backend):
     inside = ["ip", "netns", "exec", netns]
     result = {
@@ -117,7 +153,10 @@ def main():
     if sys.argv[3:] == ["--rules-stdin"]:
         rules = json.load(sys.stdin)
         result["rules_check"] = {family: rules_problems(result[family], parse_save(text))
-                                 for family, text in rules.items()}
+                                 for family, text in rules.items() if family != "ipsets"}
+        if "ipsets" in rules:
+            kernel = parse_ipsets(run(["ip", "netns", "exec", names, "ipset", "save"]))
+            result["rules_check"]["ipsets"] = ipsets_problems(kernel, parse_ipsets(rules["ipsets"]))
     print(json.dumps(result, sort_keys=True))
 
 

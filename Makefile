@@ -29,7 +29,7 @@ DEMO_ENV      := ANSIBLE_COLLECTIONS_PATH=$(INSTALL_DIR):$(DEPS_DIR) ANSIBLE_LOC
 ARGS ?=
 gate_args = $(if $(strip $(ARGS)),-- $(ARGS),)
 
-.PHONY: help bootstrap venv deps images test lint sanity unit pytest integration molecule docs cores \
+.PHONY: help bootstrap venv deps images test lint sanity unit pytest integration molecule fleet docs cores \
         build install demo demo-clean bench lock clean distclean
 
 help: ## list the targets
@@ -47,7 +47,7 @@ deps: ## .venv plus third-party collections (containers.podman, ...) in .cache/d
 images: ## build the molecule base images (skipped when their recipe is unchanged)
 	bash $(UTILS)/build-images.sh
 
-test: deps ## every gate (lint sanity unit integration molecule docs cores), summary table at the end
+test: deps ## every gate (lint sanity unit integration molecule fleet docs cores), summary table at the end
 	bash $(RUN_GATES)
 
 lint: deps ## ansible-lint, production profile
@@ -69,6 +69,9 @@ integration: deps ## ansible-test integration (root, destructive: real namespace
 
 molecule: deps ## molecule test of every scenario in podman (builds the images if needed)
 	bash $(RUN_GATES) molecule $(gate_args)
+
+fleet: deps ## onboard and offboard three Debian 11/12/13 "VMs" over real SSH (root; builds their images if needed)
+	bash $(RUN_GATES) fleet $(gate_args)
 
 docs: deps ## ansible-doc, antsibull-docs/-changelog lint, collection build + install check
 	bash $(RUN_GATES) docs $(gate_args)

@@ -8,12 +8,22 @@
 #                                              sudo, python3-iptables; CMD sleep infinity
 #   localhost/meshops-debian12-systemd:latest  the above + systemd, systemd-sysv, dbus; boots
 #                                              /sbin/init (run it with --systemd=always)
+#   localhost/meshops-fleet-debian11:latest    "VMs" for the fleet gate (tests/fleet/), one per Debian
+#   localhost/meshops-fleet-debian12:latest    release (11 bullseye, 12 bookworm, 13 trixie): debootstrap
+#   localhost/meshops-fleet-debian13:latest    minbase + the base packages + systemd, systemd-sysv, dbus,
+#                                              openssh-server; a user "fleet" with passwordless sudo and
+#                                              no password (key authentication only: the test mounts its
+#                                              key); boots /sbin/init with sshd enabled. Built in parallel.
 # The Debian mirror is the one the machine's apt configuration uses. Each image carries a label
 # with the hash of its recipe; when an image with the same hash exists the build is skipped, so
 # repeated runs cost nothing. Set MESHOPS_IMAGE_CACHE=DIR to also keep `podman save` archives
 # there (for CI caches that keep a directory but not podman's storage).
 #
-# Usage: build-images.sh [--force] [--print-mirror]      (root)
+# The fleet images come from the same mirror (the one that serves the machine's own suite, $SUITE):
+# it serves every Debian release still on the main archive.
+#
+# Usage: build-images.sh [--force] [--print-mirror] [--fleet]      (root)
+#   --fleet: only the fleet images (what tests/utils/gates/fleet.sh needs)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -39,6 +49,37 @@ RUN apt-get update \
  && systemctl set-default multi-user.target
 STOPSIGNAL SIGRTMIN+3
 CMD ["/sbin/init"]
+EOF
+)"
+
+# The fleet "VMs": release number, suite. Debian 13's systemd (257) refuses cgroup v1 (what this
+# machine's podman gives containers) unless PID 1 is told otherwise: in a container systemd reads
+# its "kernel command line" from its own arguments, so the image's CMD carries the flag (older
+# releases ignore it).
+FLEET_RELEASES="11:bullseye 12:bookworm 13:trixie"
+FLEET_PACKAGES="$PACKAGES,systemd,systemd-sysv,dbus,openssh-server"
+FLEET_USER="fleet"
+FLEET_SETUP="$(cat <<'EOF'
+set -e
+rm -f /etc/machine-id /var/lib/dbus/machine-id
+touch /etc/machine-id
+systemctl mask systemd-udevd.service systemd-udev-trigger.service systemd-logind.service \
+    getty.target console-getty.service systemd-firstboot.service >/dev/null 2>&1
+systemctl set-default multi-user.target >/dev/null 2>&1
+systemctl enable ssh.service >/dev/null 2>&1
+useradd --create-home --shell /bin/bash --comment "meshops fleet test" "$FLEET_USER"
+passwd --lock "$FLEET_USER" >/dev/null
+printf '%s ALL=(ALL:ALL) NOPASSWD: ALL\n' "$FLEET_USER" > "/etc/sudoers.d/$FLEET_USER"
+chmod 0440 "/etc/sudoers.d/$FLEET_USER"
+mkdir -p /etc/ssh/sshd_config.d /etc/ssh/authorized_keys
+cat > /etc/ssh/sshd_config.d/meshops-fleet.conf <<CONF
+# meshops.sidecar fleet test: keys only (the test mounts its key in /etc/ssh/authorized_keys), no root.
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin no
+UseDNS no
+AuthorizedKeysFile .ssh/authorized_keys /etc/ssh/authorized_keys/%u
+CONF
 EOF
 )"
 
@@ -144,17 +185,22 @@ cleanup_rootfs() {
 }
 trap cleanup_rootfs EXIT
 
-build_base() {
-    local hash="$1" mirror start=$SECONDS
+# debootstrap SUITE with PACKAGES into a new $ROOTFS, without package lists or downloaded .debs.
+debootstrap_rootfs() {
+    local suite="$1" packages="$2" mirror
     mirror="${DEBIAN_MIRROR:-$(debian_mirror)}"
     export_apt_proxy
     ROOTFS="$(mktemp -d /var/tmp/meshops-rootfs.XXXXXX)"
-    log "debootstrap $SUITE ($PACKAGES) from $mirror"
-    debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$ROOTFS" "$mirror" \
-        > "$ROOTFS.log" 2>&1 || { tail -n 30 "$ROOTFS.log" >&2; rm -f "$ROOTFS.log"; die "debootstrap failed"; }
+    log "debootstrap $suite ($packages) from $mirror"
+    debootstrap --variant=minbase --include="$packages" "$suite" "$ROOTFS" "$mirror" \
+        > "$ROOTFS.log" 2>&1 || { tail -n 30 "$ROOTFS.log" >&2; rm -f "$ROOTFS.log"; die "debootstrap $suite failed"; }
     rm -f "$ROOTFS.log"
-    # Smaller image: no package lists or downloaded .debs.
     rm -rf "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/var/cache/apt/*.bin "$ROOTFS"/var/cache/apt/archives/*.deb
+}
+
+build_base() {
+    local hash="$1" start=$SECONDS
+    debootstrap_rootfs "$SUITE" "$PACKAGES"
     log "importing $BASE_IMAGE"
     tar --numeric-owner -C "$ROOTFS" -c . | podman import --quiet \
         --change 'CMD ["sleep", "infinity"]' \
@@ -162,6 +208,57 @@ build_base() {
         - "$BASE_IMAGE" >/dev/null
     cleanup_rootfs
     log "$BASE_IMAGE built in $((SECONDS - start)) s"
+}
+
+# One fleet image: debootstrap, the setup script in the tree (chroot, no network), import.
+build_fleet() {
+    local image="$1" suite="$2" hash="$3" start=$SECONDS
+    debootstrap_rootfs "$suite" "$FLEET_PACKAGES"
+    FLEET_USER="$FLEET_USER" chroot "$ROOTFS" /bin/sh -c "$FLEET_SETUP" \
+        || die "setting up the $suite tree for $image failed"
+    log "importing $image"
+    tar --numeric-owner -C "$ROOTFS" -c . | podman import --quiet \
+        --change 'CMD ["/sbin/init", "SYSTEMD_CGROUP_ENABLE_LEGACY_FORCE=1"]' \
+        --change 'STOPSIGNAL SIGRTMIN+3' \
+        --change "LABEL $LABEL=$hash" \
+        - "$image" >/dev/null
+    cleanup_rootfs
+    log "$image built in $((SECONDS - start)) s"
+}
+
+fleet_image() { printf 'localhost/meshops-fleet-debian%s:latest\n' "$1"; }
+
+fleet_hash() {
+    printf '%s\n' "$RECIPE_VERSION" "$1" "$FLEET_PACKAGES" "$FLEET_USER" "$FLEET_SETUP" "$(uname -m)" \
+        | sha256sum | cut -c1-16
+}
+
+# Every fleet image whose recipe changed, built in parallel (each in a subshell with its own tree).
+build_fleet_images() {
+    local force="$1" release number suite image hash pids=() names=() i failed=0 start=$SECONDS
+    for release in $FLEET_RELEASES; do
+        number="${release%%:*}" suite="${release#*:}"
+        image="$(fleet_image "$number")" hash="$(fleet_hash "$suite")"
+        if [ "$force" = 0 ] && [ "$(image_recipe "$image")" = "$hash" ]; then
+            log "$image is up to date ($hash)"
+            continue
+        elif [ "$force" = 0 ] && load_cached "$image" "$hash"; then
+            continue
+        fi
+        (
+            ROOTFS=""
+            trap cleanup_rootfs EXIT
+            build_fleet "$image" "$suite" "$hash"
+            save_cached "$image" "$hash"
+        ) &
+        pids+=($!)
+        names+=("$image")
+    done
+    for i in "${!pids[@]}"; do
+        wait "${pids[$i]}" || { log "building ${names[$i]} failed"; failed=1; }
+    done
+    [ $failed = 0 ] || die "fleet image build failed"
+    [ ${#pids[@]} = 0 ] || log "fleet images built in $((SECONDS - start)) s"
 }
 
 build_systemd() {
@@ -179,13 +276,15 @@ build_systemd() {
 }
 
 main() {
-    local force=0 base_hash systemd_hash
-    case "${1:-}" in
-        --force) force=1 ;;
-        --print-mirror) debian_mirror; return ;;
-        "") ;;
-        *) die "usage: $0 [--force] [--print-mirror]" ;;
-    esac
+    local force=0 fleet_only=0 base_hash systemd_hash arg
+    for arg in "$@"; do
+        case "$arg" in
+            --force) force=1 ;;
+            --print-mirror) debian_mirror; return ;;
+            --fleet) fleet_only=1 ;;
+            *) die "usage: $0 [--force] [--print-mirror] [--fleet]" ;;
+        esac
+    done
     [ "$(id -u)" = 0 ] || die "building the images needs root (debootstrap, rootful podman)"
     command -v debootstrap >/dev/null || die "debootstrap missing: run tests/utils/bootstrap.sh apt"
     command -v podman >/dev/null || die "podman missing: run tests/utils/bootstrap.sh apt"
@@ -193,6 +292,9 @@ main() {
     # One build at a time (parallel make targets, two checkouts on one machine).
     exec 9>/var/lock/meshops-build-images.lock
     flock 9
+
+    build_fleet_images "$force"
+    [ $fleet_only = 0 ] || return 0
 
     base_hash="$(printf '%s\n' "$RECIPE_VERSION" "$SUITE" "$PACKAGES" "$(uname -m)" | sha256sum | cut -c1-16)"
     if [ $force = 0 ] && [ "$(image_recipe "$BASE_IMAGE")" = "$base_hash" ]; then

@@ -9,7 +9,7 @@
 # under its line.
 #
 # Usage: run-gates.sh [GATE...] [-- ARG...]
-#   default gates: lint sanity unit integration molecule docs cores; ARGs go to every gate run
+#   default gates: lint sanity unit integration molecule fleet docs cores; ARGs go to every gate run
 set -uo pipefail
 # shellcheck source=tests/utils/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -23,7 +23,7 @@ while [ $# -gt 0 ]; do
     gates+=("$1")
     shift
 done
-[ ${#gates[@]} -gt 0 ] || gates=(lint sanity unit integration molecule docs cores)
+[ ${#gates[@]} -gt 0 ] || gates=(lint sanity unit integration molecule fleet docs cores)
 for gate in "${gates[@]}"; do
     [ -f "$MESHOPS_ROOT/tests/utils/gates/$gate.sh" ] || die "unknown gate '$gate'"
 done

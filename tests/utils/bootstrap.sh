@@ -27,6 +27,7 @@ APT_PACKAGES=(
     podman uidmap debootstrap             # molecule containers and their locally built images
     debian-archive-keyring ca-certificates
     make git shellcheck gcc libc6-dev     # make, the collection copy, sanity's shellcheck, python-iptables' C part
+    openssh-client                        # the fleet gate reaches its VMs over SSH
 )
 APT_PACKAGES_NO_RECOMMENDS=(runc)
 

@@ -88,6 +88,8 @@ def merged_intervals(intervals):
 
 
 def _interval_of_cidr(text):
+    if len(text.split()) != 1:  # inet_aton stops at white space: "198.18.4.2 nomatch" would read as the address
+        raise ValueError("not a CIDR: %r" % text)
     address, length = text.split("/", 1) if "/" in text else (text, "")
     if "." in address and ":" not in address:  # IPv4, the common case of long lists: no ipaddress object
         try:

@@ -65,7 +65,7 @@ CAPTURE_OPTION_SPECS = {
     # Beyond Istio: each CIDR list as one set lookup per family (see _capture.cidr_sets).
     "cidr_sets": dict(type="bool", default=False),
     # Beyond Istio: connections open before the rules (picked up by conntrack mid-stream) keep going
-    # where they went (see _capture.plan.keep_existing_args).
+    # where they went (see _capture.plan.KEEP_EXISTING_ARGS).
     "keep_existing_connections": dict(type="bool", default=False),
 }
 # How a task applies the rules and checks them afterwards: options of a run, not of the rules.

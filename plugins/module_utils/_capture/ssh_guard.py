@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import shutil
-import subprocess
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.cidr_sets import intervals_of_texts
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import IPV4, IPV6
+from ansible_collections.meshops.sidecar.plugins.module_utils._system.commands import ProcessRunner
+
 # OpenSSH 9.8 runs each session in sshd-session (and, since 10.0, sshd-auth) instead of sshd.
 _SSHD_NAMES = frozenset(("sshd", "sshd-session", "sshd-auth"))
-_SBIN_PATH = "/usr/sbin:/sbin:/usr/local/sbin"
 DEFAULT_SSH_PORT = 22
 
 
@@ -85,16 +86,17 @@ def _netns_inode(pid):
     return None
 
 
-def sshd_ports(run=subprocess.run):
+def sshd_ports(runner=None):
     """The ports sshd is configured to listen on (``sshd -T``), else ``(22,)``."""
-    sshd = shutil.which("sshd", path=os.environ.get("PATH", "") + ":" + _SBIN_PATH)
+    runner = runner or ProcessRunner()
+    sshd = runner.which("sshd")
     ports = []
     if sshd:
         try:
-            done = run([sshd, "-T"], capture_output=True, text=True, timeout=10, check=False)
-        except (OSError, subprocess.SubprocessError):
-            done = None
-        for line in done.stdout.splitlines() if done is not None and done.returncode == 0 else ():
+            rc, out, dummy = runner.run([sshd, "-T"])
+        except OSError:
+            rc, out = 1, ""
+        for line in out.splitlines() if rc == 0 else ():
             key, dummy, value = line.partition(" ")
             if key == "port" and value.strip().isdigit() and int(value) not in ports:
                 ports.append(int(value))
@@ -160,8 +162,12 @@ def captures_outbound_to(opts, address):
     if ip.is_loopback:
         return False
 
+    family = IPV4 if ip.version == 4 else IPV6
+
     def within(cidrs):
-        return any(ip in ipaddress.ip_network(cidr, strict=False) for dummy, cidr in cidrs)
+        value = int(ip)
+        return any(first <= value <= last
+                   for first, last in intervals_of_texts([cidr for fam, cidr in cidrs if fam == family]))
 
     if within(opts.exclude_outbound_ip_ranges):
         return False

@@ -113,7 +113,7 @@ class IpsetBackend:
 
 def parse_save(name, text):
     """``IpsetState`` of one set from ``ipset save NAME``: its ``create`` line and its ``add`` lines."""
-    kind, family, members, plain = None, None, [], True
+    kind, family, members = None, None, []
     for line in text.splitlines():
         words = line.split()
         if len(words) >= 3 and words[0] == "create" and words[1] == name:
@@ -121,11 +121,8 @@ def parse_save(name, text):
             family = words[words.index("family") + 1] if "family" in words[3:] else None
         elif len(words) >= 3 and words[0] == "add" and words[1] == name:
             # An entry with options (``nomatch``, a timeout) is not a plain member: unreadable, rebuilt.
-            plain = plain and len(words) == 3
             members.append(" ".join(words[2:]))
     try:
-        if not plain:
-            raise ValueError("an entry with options")
         intervals = intervals_of_texts(members)
     except ValueError:
         intervals = ("unreadable",) + tuple(members)  # never equal to a plan: rebuilt

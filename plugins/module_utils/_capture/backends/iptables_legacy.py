@@ -28,7 +28,6 @@ import importlib.util
 import ipaddress
 import os
 import socket
-import subprocess
 import sys
 import time
 
@@ -38,6 +37,7 @@ from ansible_collections.meshops.sidecar.plugins.module_utils._capture.iptables_
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import CAPTURE_TABLES, IPV4, address_text
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.reconcile import Op
 from ansible_collections.meshops.sidecar.plugins.module_utils._system.child import ChildError, run_in_child
+from ansible_collections.meshops.sidecar.plugins.module_utils._system.commands import ProcessRunner
 
 XTABLES_LOCK_TIMEOUT = 30  # seconds, as istio-iptables waits (--wait=30)
 iptc = None  # python-iptables, imported only inside a legacy child process
@@ -306,16 +306,12 @@ def _put_back(family, tables, before):
 def _versions():
     """``python-iptables 1.0.1 with iptables v1.8.11 (legacy)``: what a refusal of python-iptables names."""
     found = "python-iptables %s" % getattr(getattr(iptc, "version", None), "__version__", "(version unknown)")
-    for directory in os.environ.get("PATH", "").split(os.pathsep) + ["/usr/sbin", "/sbin"]:
-        tool = os.path.join(directory, "iptables-legacy")
-        if os.access(tool, os.X_OK):
-            try:
-                done = subprocess.run([tool, "--version"], capture_output=True, text=True, timeout=10, check=False)
-            except (OSError, subprocess.SubprocessError):
-                break
-            if done.stdout.strip():
-                found += " with %s" % done.stdout.strip()
-            break
+    runner = ProcessRunner()
+    tool = runner.which("iptables-legacy")
+    if tool:
+        rc, out, dummy = runner.run([tool, "--version"])
+        if rc == 0 and out.strip():
+            found += " with %s" % out.strip()
     return found
 
 
@@ -334,20 +330,26 @@ def _check_buildable(family, changes):
             if not parsed.matches or shape in seen:
                 continue
             seen.add(shape)
-            rule = iptc.Rule() if family == IPV4 else iptc.Rule6()
-            if "-p" in parsed.fields:
-                negated, protocol = parsed.fields["-p"]
-                rule.protocol = ("!" if negated else "") + protocol
-            for name, options in parsed.matches:
-                _set_options(rule.create_match(name), options)
+            _rule_with_matches(parsed, family, ("-p",))
 
 
-def _set_options(match, options):
-    for option in options:
-        if len(option.values) > 1:  # --match-set NAME dst: each value its own argument
-            match.set_parameter(option.name[2:], (["!"] if option.negated else []) + option.values)
-        else:
-            match.set_parameter(option.name[2:], ("!" if option.negated else "") + " ".join(option.values))
+_FIELD_SETTERS = {"-s": "src", "-d": "dst", "-i": "in_interface", "-o": "out_interface", "-p": "protocol"}
+
+
+def _rule_with_matches(parsed, family, fields=tuple(_FIELD_SETTERS)):
+    """A python-iptables rule with the ``fields`` and every match of a ``ParsedRule``; no target yet."""
+    rule = iptc.Rule() if family == IPV4 else iptc.Rule6()
+    for flag, (negated, value) in parsed.fields.items():
+        if flag in fields:
+            setattr(rule, _FIELD_SETTERS[flag], ("!" if negated else "") + value)
+    for name, options in parsed.matches:
+        match = rule.create_match(name)
+        for option in options:
+            if len(option.values) > 1:  # --match-set NAME dst: each value its own argument
+                match.set_parameter(option.name[2:], (["!"] if option.negated else []) + option.values)
+            else:
+                match.set_parameter(option.name[2:], ("!" if option.negated else "") + " ".join(option.values))
+    return rule
 
 
 def _apply_ops(handle, family, ops, current):
@@ -528,12 +530,7 @@ def _ipv6_address_and_mask(value):
 def _build_rule(args, family):
     """A python-iptables rule from canonical iptables-save arguments."""
     parsed = parse_rule(args)
-    rule = iptc.Rule() if family == IPV4 else iptc.Rule6()
-    setters = {"-s": "src", "-d": "dst", "-i": "in_interface", "-o": "out_interface", "-p": "protocol"}
-    for flag, (negated, value) in parsed.fields.items():
-        setattr(rule, setters[flag], ("!" if negated else "") + value)
-    for name, options in parsed.matches:
-        _set_options(rule.create_match(name), options)
+    rule = _rule_with_matches(parsed, family)
     target = rule.create_target(parsed.target)
     for option in parsed.target_options:
         target.set_parameter(option.name[2:], " ".join(option.values))

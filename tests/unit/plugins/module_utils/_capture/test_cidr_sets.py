@@ -152,3 +152,9 @@ def test_native_rules_without_sets_are_istio_s():
 
 def test_cidr_set_writes_merged_cidrs():
     assert CidrSet("istio-exclude-v4", IPV4, ((V4, V4 + 511),)).cidrs() == ["10.0.0.0/23"]
+
+
+@pytest.mark.parametrize("text", ["198.18.4.2 nomatch", "198.18.4.0/24 timeout", " 198.18.4.2", "2001:db8::1 nomatch"])
+def test_an_address_with_anything_after_it_is_no_cidr(text):
+    with pytest.raises(ValueError):
+        intervals_of_texts([text])

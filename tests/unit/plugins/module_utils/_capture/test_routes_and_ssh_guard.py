@@ -148,32 +148,41 @@ def test_malformed_ssh_connection_is_no_session(mocker):
     assert ssh_session(50) is None
 
 
-class Done:
-    def __init__(self, returncode, stdout):
-        self.returncode, self.stdout = returncode, stdout
+class SshdRunner:
+    """The runner interface (``_system.commands``): ``which`` finds sshd (or not), ``run`` answers ``sshd -T``."""
+
+    def __init__(self, answer, sshd="/usr/sbin/sshd"):
+        self.answer, self.sshd, self.calls = answer, sshd, []
+
+    def which(self, name):
+        return self.sshd if name == "sshd" else None
+
+    def run(self, argv, data=None):
+        self.calls.append(argv)
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
 
 
 @pytest.mark.parametrize("answer,ports", [
-    (Done(0, "port 22\nport 2222\naddressfamily any\nport 22\n"), (22, 2222)),
-    (Done(0, "addressfamily any\n"), (22,)),
-    (Done(255, ""), (22,)),  # sshd -T failed (no host keys, bad config)
+    ((0, "port 22\nport 2222\naddressfamily any\nport 22\n", ""), (22, 2222)),
+    ((0, "addressfamily any\n", ""), (22,)),
+    ((255, "", "no hostkeys available"), (22,)),  # sshd -T failed (no host keys, bad config)
 ])
-def test_sshd_ports(mocker, answer, ports):
-    mocker.patch.object(ssh_guard.shutil, "which", lambda name, path=None: "/usr/sbin/sshd")
-    assert sshd_ports(run=lambda *a, **k: answer) == ports
+def test_sshd_ports(answer, ports):
+    runner = SshdRunner(answer)
+    assert sshd_ports(runner) == ports
+    assert runner.calls == [["/usr/sbin/sshd", "-T"]]
 
 
-def test_sshd_ports_without_sshd(mocker):
-    mocker.patch.object(ssh_guard.shutil, "which", lambda name, path=None: None)
-    assert sshd_ports(run=lambda *a, **k: pytest.fail("nothing to run")) == (22,)
+def test_sshd_ports_without_sshd():
+    runner = SshdRunner((0, "port 2222\n", ""), sshd=None)
+    assert sshd_ports(runner) == (22,)
+    assert runner.calls == []
 
 
-def test_sshd_ports_when_sshd_cannot_run(mocker):
-    mocker.patch.object(ssh_guard.shutil, "which", lambda name, path=None: "/usr/sbin/sshd")
-
-    def broken(*args, **kwargs):
-        raise OSError("exec format error")
-    assert sshd_ports(run=broken) == (22,)
+def test_sshd_ports_when_sshd_cannot_run():
+    assert sshd_ports(SshdRunner(OSError(8, "exec format error"))) == (22,)
 
 
 def test_namespace_of_an_unreadable_process_is_this_process_s_own(mocker):

@@ -1,6 +1,6 @@
 # Copyright: contributors to the meshops.sidecar collection
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Live proof that the legacy backend's fast paths (plugins/module_utils/iptables_legacy.py) change nothing.
+"""Live proof that the legacy backend's fast paths (plugins/module_utils/_capture/backends/iptables_legacy_child.py) change nothing.
 
 In a fresh namespace made by the caller (bench.py, or by hand), loads a varied legacy rule set
 (the kitchen-sink fixtures of the unit tests, foreign rules of the shapes Docker, firewalls and
@@ -43,6 +43,7 @@ sys.path.insert(0, _collection_root())
 # pylint: disable=wrong-import-position,protected-access
 from ansible_collections.meshops.sidecar.plugins.module_utils._system import namespace
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import iptables_legacy
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import iptables_legacy_child
 
 FOREIGN = {
     "ipv4": """*filter
@@ -112,18 +113,18 @@ def load(family):
 
 def _read_both_ways(family):
     """In the worker: every chain of every loaded table, rendered by the fast path and the full one."""
-    iptc = iptables_legacy.iptc
+    iptc = iptables_legacy_child.iptc
     out = []
     fast_time = full_time = 0.0
-    for table in sorted(iptables_legacy._loaded_legacy_tables(family)):
-        handle = iptables_legacy._table(family, table)
+    for table in sorted(iptables_legacy.loaded_legacy_tables(family)):
+        handle = iptables_legacy_child._table(family, table)
         handle.refresh()
         for chain in handle.chains:
             start = time.perf_counter()
-            fast = [iptables_legacy._render_entry(handle, chain, entry, family) for entry in iptables_legacy._entries(handle, chain)]
+            fast = [iptables_legacy_child._render_entry(handle, chain, entry, family) for entry in iptables_legacy_child._entries(handle, chain)]
             fast_time += time.perf_counter() - start
             start = time.perf_counter()
-            full = [iptables_legacy._render_rule(rule, family) for rule in chain.rules]
+            full = [iptables_legacy_child._render_rule(rule, family) for rule in chain.rules]
             full_time += time.perf_counter() - start
             out.append([table, chain.name, fast, full])
     del iptc
@@ -142,12 +143,12 @@ EXTRA = {
 
 def _build_both_ways(family, all_args):
     """In the worker: what Chain.append_rule hands libiptc for a new Rule, against _RuleBuilder.entry."""
-    builder = iptables_legacy._RuleBuilder(family)
+    builder = iptables_legacy_child._RuleBuilder(family)
     differences, errors, fast_time, full_time = [], 0, 0.0, 0.0
     for args in all_args:
         try:
             start = time.perf_counter()
-            rule = iptables_legacy._build_rule(args, family)
+            rule = iptables_legacy_child._build_rule(args, family)
             rule.final_check()
             full = bytes(rule.rule)
             full_time += time.perf_counter() - start

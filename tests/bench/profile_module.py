@@ -49,6 +49,8 @@ from ansible_collections.meshops.sidecar.plugins.module_utils._capture import ru
 from ansible_collections.meshops.sidecar.plugins.module_utils._system import namespace
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture import routes
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import iptables_legacy, iptables_nft
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import iptables_legacy_child
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture import nft_plan, plan
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import nftables
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture import nft_reconcile
 
@@ -84,8 +86,8 @@ def _timed(name, func):
     return wrapper
 
 
-CHILD_WORK = ("_legacy_read", "_legacy_apply", "_legacy_holds_rules")
-ORIGINAL_WORK = {attr: getattr(iptables_legacy, attr) for attr in CHILD_WORK}
+CHILD_WORK = ("legacy_read", "legacy_apply", "legacy_holds_rules")
+ORIGINAL_WORK = {attr: getattr(iptables_legacy_child, attr) for attr in CHILD_WORK}
 
 
 def _in_child_wrapped(name, work, profile):
@@ -114,19 +116,20 @@ def _in_child_wrapped(name, work, profile):
 
 def wrap_children(profile):
     for attr in CHILD_WORK:
-        setattr(iptables_legacy, attr, _in_child_wrapped(attr.lstrip("_"), ORIGINAL_WORK[attr], profile))
+        setattr(iptables_legacy_child, attr, _in_child_wrapped(attr, ORIGINAL_WORK[attr], profile))
 
 
 def instrument():
-    for attr, name in (("build_options", "options"), ("plan_rules", "plan"), ("desired_state", "desired state"),
+    # The planners are imported by the run where it needs them: timed in their own modules.
+    plan.plan_rules = _timed("plan", plan.plan_rules)
+    nft_plan.plan_ruleset = _timed("native plan", nft_plan.plan_ruleset)
+    for attr, name in (("build_options", "options"), ("desired_state", "desired state"),
                        ("owned_state", "owned state"), ("plan_changes", "compare"), ("render_state", "render"),
                        ("restore_text", "render"), ("select_backend", "select backend")):
         setattr(capture_run, attr, _timed(name, getattr(capture_run, attr)))
-    if hasattr(capture_run, "plan_ruleset"):  # native mode
-        capture_run.plan_ruleset = _timed("native plan", capture_run.plan_ruleset)
-        for attr, name in (("desired_state", "native desired state"), ("live_state", "native live state"),
-                           ("plan_changes", "native compare")):
-            setattr(nft_reconcile, attr, _timed(name, getattr(nft_reconcile, attr)))
+    for attr, name in (("desired_state", "native desired state"), ("live_state", "native live state"),
+                       ("plan_changes", "native compare")):
+        setattr(nft_reconcile, attr, _timed(name, getattr(nft_reconcile, attr)))
     namespace.enter = _timed("enter netns", namespace.enter)
     for cls in (iptables_nft.NftBackend, iptables_legacy.LegacyBackend):
         cls.read = _timed("read rules", cls.read)

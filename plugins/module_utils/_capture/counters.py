@@ -24,14 +24,14 @@ from __future__ import annotations
 import re
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.base import BackendError
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import iptables_legacy
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import iptables_legacy, iptables_legacy_child
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.iptables_text import (
     TableDump,
     parse_rule,
     parse_save,
 )
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import CAPTURE_TABLES, IPV4
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_plan import FAMILY, table_name
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_model import FAMILY, table_name
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_reconcile import canonical_rule, is_istio_table
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_render import render_rule
 
@@ -90,8 +90,8 @@ def nft_counted_read(run, which, family):
 
 def legacy_counted_read(family):
     """The counted read of a family through python-iptables, in a forked child (see ``backends.iptables_legacy``)."""
-    # pylint: disable-next=protected-access  # the legacy backend's own guard: opening a missing table creates it
-    if not iptables_legacy._loaded_legacy_tables(family) & set(CAPTURE_TABLES):
+    # The legacy backend's own guard: opening a missing table creates it.
+    if not iptables_legacy.loaded_legacy_tables(family) & set(CAPTURE_TABLES):
         return {}, {}
     # pylint: disable-next=protected-access  # the legacy backend's child: python-iptables imported there only
     chains_by_table = iptables_legacy._in_child(_legacy_counted_read, family)
@@ -108,8 +108,8 @@ def legacy_counted_read(family):
 def _legacy_counted_read(family):
     """In the legacy child: ``{table: [(chain, [(args, packets, bytes)])]}``, rules rendered as the backend reads them."""
     # pylint: disable=protected-access  # the backend's reading steps, reused rather than copied
-    legacy = iptables_legacy
-    loaded = legacy._loaded_legacy_tables(family)
+    legacy = iptables_legacy_child
+    loaded = iptables_legacy.loaded_legacy_tables(family)
     result = {}
     for table in CAPTURE_TABLES:
         if table in loaded:  # opening a table that is not there would create it

@@ -34,10 +34,8 @@ from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.
 )
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.nftables import NftablesBackend
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import FAMILIES, IPV4
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_plan import (
-    FAMILY as NFT_FAMILY,
-    plan_ruleset,
-)
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_model import FAMILY as NFT_FAMILY
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_plan import plan_ruleset
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.options import OptionError
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.plan import plan_rules
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.reconcile import (

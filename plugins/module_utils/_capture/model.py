@@ -35,6 +35,15 @@ def address_text(address):
     return address.compressed
 
 
+def has_loopback(cidrs):
+    """Whether ``(family, text)`` CIDRs include a loopback address (Istio then keeps lo traffic captured)."""
+    for family, text in cidrs:
+        address = text.split("/")[0]
+        if (family == IPV4 and address.startswith("127.")) or (family == IPV6 and address == "::1"):
+            return True
+    return False
+
+
 @dataclass(frozen=True)
 class CaptureOptions:
     """Everything the planner needs, already validated and resolved (ids are numbers as text).

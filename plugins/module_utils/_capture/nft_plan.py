@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.cidr_sets import EXCLUDE, INCLUDE, planned_sets
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import (
@@ -32,36 +32,23 @@ from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model imp
     LOOPBACK_V6,
     OUTBOUND_MARK,
     PASSTHROUGH_SOURCE,
+    has_loopback,
+)
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_model import (
+    BASE_CHAINS,
+    CHAIN_ORDER,
+    TABLES,
+    NftChain,
+    NftTable,
+    add_chain_line,
+    table_name,
 )
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.options import OptionError
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.plan import _has_loopback
 
-FAMILY = "inet"
-TABLE_PREFIX = "istio-proxy-"
-# Istio renders its tables in this order.
-TABLES = ("nat", "mangle", "raw")
-# Base chains of each table: (type, hook, priority).
-BASE_CHAINS = {
-    "nat": {"prerouting": ("nat", "prerouting", -100), "output": ("nat", "output", -100)},
-    "mangle": {"prerouting": ("filter", "prerouting", -150), "output": ("route", "output", -150)},
-    "raw": {"prerouting": ("filter", "prerouting", -300), "output": ("filter", "output", -300)},
-}
-# Declaration order: the base chains, then the regular chains.
-CHAIN_ORDER = {
-    "nat": ("prerouting", "output", "istio-inbound", "istio-redirect", "istio-in-redirect", "istio-output",
-            "istio-output-dns"),
-    "mangle": ("prerouting", "output", "istio-divert", "istio-tproxy", "istio-inbound", "istio-drop"),
-    "raw": ("prerouting", "output", "istio-inbound", "istio-output-dns"),
-}
 _HOST_LEN = {IPV4: "/32", IPV6: "/128"}
 _IP = {IPV4: "ip", IPV6: "ip6"}
 # A word nft reads as a plain string (no quotes needed), as Istio writes interface names.
 _PLAIN_WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
-
-
-def table_name(short):
-    """``nat`` -> ``istio-proxy-nat``."""
-    return TABLE_PREFIX + short
 
 
 @dataclass(frozen=True)
@@ -72,36 +59,6 @@ class NftRule:
     chain: str
     text: str
     index: Optional[int] = None
-
-
-@dataclass(frozen=True)
-class NftChain:
-    """A chain the kernel holds: ``base`` is ``(type, hook, priority)`` for base chains, else None."""
-
-    name: str
-    base: Optional[Tuple[str, str, int]]
-    rules: Tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class NftTable:
-    """An Istio table (full name), its chains in declaration order, and its sets (``cidr_sets``)."""
-
-    name: str
-    chains: Tuple[NftChain, ...]
-    sets: Tuple[object, ...] = ()  # _capture.cidr_sets.CidrSet, in the nat table only
-
-
-# The declaration of a CIDR set: intervals, neighbours merged (what a user adds by hand merges too).
-SET_TYPE = {IPV4: "ipv4_addr", IPV6: "ipv6_addr"}
-SET_FLAGS = ("interval",)
-
-
-def add_set_lines(table, cidr_set):
-    """``add set`` and ``add element`` for one CIDR set of ``table`` (full name)."""
-    head = "add set inet %s %s { type %s ; flags %s ; auto-merge ; }" % (
-        table, cidr_set.name, SET_TYPE[cidr_set.family], ", ".join(SET_FLAGS))
-    return [head, "add element inet %s %s { %s }" % (table, cidr_set.name, ", ".join(cidr_set.cidrs()))]
 
 
 def nft_port(port):
@@ -186,7 +143,7 @@ def generate_rules(opts):
 
     # 11-12. Proxy-owned traffic: to itself via inbound, otherwise never captured again.
     include = opts.outbound_ip_ranges
-    loopback_included = include != "*" and _has_loopback(include)
+    loopback_included = include != "*" and has_loopback(include)
     for owner, ids in (("skuid", uids), ("skgid", gids)):
         # Istio's asymmetry: only the uid rule skips port 53 with a set.
         ports = "{ 53, %s }" % tunnel if dns and owner == "skuid" else tunnel
@@ -395,13 +352,6 @@ def istio_transaction(opts):
             else:
                 lines.append("insert rule inet %s %s index %d %s" % (name, rule.chain, index, rule.text))
     return "".join(line + "\n" for line in lines)
-
-
-def add_chain_line(table, chain, base):
-    """``add chain`` for a regular chain, or a base chain with its numeric priority."""
-    if base is None:
-        return "add chain inet %s %s" % (table, chain)
-    return "add chain inet %s %s { type %s hook %s priority %d ; }" % ((table, chain) + tuple(base))
 
 
 def plan_ruleset(opts):

@@ -28,7 +28,7 @@ from collections import namedtuple
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.cidr_sets import intervals_of_nft_elements
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import address_text
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_plan import (
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_model import (
     FAMILY,
     SET_FLAGS,
     SET_TYPE,

@@ -25,7 +25,7 @@ import re
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.cidr_sets import describe_intervals
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import IPV4, IPV6
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_plan import (
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_model import (
     CHAIN_ORDER,
     FAMILY,
     TABLE_PREFIX,

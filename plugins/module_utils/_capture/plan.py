@@ -30,6 +30,7 @@ from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model imp
     OUTBOUND_MARK,
     PASSTHROUGH_SOURCE,
     Rule,
+    has_loopback,
 )
 
 
@@ -52,14 +53,6 @@ class _Builder:
         """Add to both families, with ``{}`` in ``args`` replaced by the family's value."""
         for fam, value in ((IPV4, v4), (IPV6, v6)):
             self.add(table, chain, *[value if a == "{}" else a for a in args], family=fam, position=position)
-
-
-def _has_loopback(cidrs):
-    for family, text in cidrs:
-        address = text.split("/")[0]
-        if (family == IPV4 and address.startswith("127.")) or (family == IPV6 and address == "::1"):
-            return True
-    return False
 
 
 # keep_existing_connections: the first packet conntrack sees of a connection it was not tracking
@@ -147,7 +140,7 @@ def plan_rules(opts):
                     "-o", "lo", "-s", "{}", "-j", "RETURN")
 
     # 11-12. Proxy-owned traffic: to itself via inbound, otherwise never captured again.
-    loopback_included = _has_loopback(include_cidrs)
+    loopback_included = has_loopback(include_cidrs)
     for owner, ids in (("--uid-owner", uids), ("--gid-owner", gids)):
         for ident in ids:
             # Istio's asymmetry: only the uid rule skips port 53 with multiport.

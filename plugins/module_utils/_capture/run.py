@@ -16,6 +16,10 @@ Istio's native nftables tables (one ``nft -f -`` transaction for both families).
 both: the mode in use gets its rules, the other is planned empty, so a mode switch or
 ``state=absent`` leaves nothing of either behind. The wanted mode is applied first, then the other
 is cleared: there is no moment without capture.
+
+The planners, the renderer of Istio's tables and the verification probes are imported where a
+run first needs them: a task compiles only what its mode uses (the module's payload is imported
+from a zip, which Python compiles from source on every run; see docs/performance.md).
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ from ansible_collections.meshops.sidecar.plugins.module_utils._capture import ow
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.options import OptionError
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.target_options import target_options
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import FAMILIES, IPV4, IPV6
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.plan import plan_rules
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.ssh_guard import (
     captures_inbound_port,
     captures_outbound_to,
@@ -43,7 +46,6 @@ from ansible_collections.meshops.sidecar.plugins.module_utils._capture.reconcile
     unmarked_rules,
 )
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.routes import RouteManager, desired_policy_routes
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.verify import VerifyError, verify_capture
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.selection import (
     BackendError,
     make_backends,
@@ -53,8 +55,7 @@ from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.ipset import IpsetBackend
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture import ipset_reconcile
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture import nft_reconcile
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_plan import TABLE_PREFIX, plan_ruleset
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_render import render_state as render_tables
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_model import TABLE_PREFIX
 
 _FAMILY_TITLE = {IPV4: "IPv4", IPV6: "IPv6"}
 
@@ -65,6 +66,12 @@ class CaptureError(Exception):
     def __init__(self, msg, **details):
         super().__init__(msg)
         self.details = details
+
+
+def _render_tables(tables, rule_text, sets):
+    """Istio's tables as ``nft list`` shows them (``nft_render.render_state``): native mode, diffs, errors."""
+    from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_render import render_state
+    return render_state(tables, rule_text, sets)
 
 
 def _netns_inode(name):
@@ -120,7 +127,7 @@ class _NativePlan:
 
     def text(self):
         """The desired tables as ``nft list`` shows them, rules in the planner's words (fast at any size)."""
-        return render_tables(nft_reconcile.planned_state(self.tables), str, self.after_sets)
+        return _render_tables(nft_reconcile.planned_state(self.tables), str, self.after_sets)
 
 
 @dataclass
@@ -251,6 +258,7 @@ class CaptureRun:
             missing = plan.backend.missing()
             if missing:
                 raise CaptureError("native_nftables=true: not usable on the target, missing %s" % ", ".join(missing))
+            from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_plan import plan_ruleset
             try:
                 plan.tables = plan_ruleset(opts)
             except OptionError as exc:
@@ -335,7 +343,10 @@ class CaptureRun:
         """The owned state before, the desired state after, and the changes between them, per family.
 
         In native mode nothing is wanted here: the iptables rules of ours are planned away."""
-        families = _FamilyPlan(plan_rules(opts) if opts and not self.native else {})
+        families = _FamilyPlan({})
+        if opts and not self.native:
+            from ansible_collections.meshops.sidecar.plugins.module_utils._capture.plan import plan_rules
+            families.rules = plan_rules(opts)
         for family in FAMILIES:
             desired = desired_state(families.rules.get(family, []), family)
             self.claims[family] = self.recorded.get(family, set()) | unmarked_rules(desired)
@@ -543,8 +554,8 @@ class CaptureRun:
             else:
                 if now != native.after or now_sets != native.after_sets:
                     problems.append("native nftables tables differ from the plan: now\n%swanted\n%s"
-                                    % (render_tables(now, None, now_sets),
-                                       render_tables(native.after, None, native.after_sets)))
+                                    % (_render_tables(now, None, now_sets),
+                                       _render_tables(native.after, None, native.after_sets)))
         for family in families.changes:
             try:
                 now = owned_state(backend.read(family), self.claims[family])
@@ -635,7 +646,7 @@ class CaptureRun:
         if ipsets:
             parts.append("# ipsets of ours\n%s" % ipset_reconcile.render_ipsets(ipsets))
         if native and native[0]:
-            parts.append("# native nftables tables of ours\n%s" % render_tables(native[0], None, native[1]))
+            parts.append("# native nftables tables of ours\n%s" % _render_tables(native[0], None, native[1]))
         lines = [route.describe() for route in sorted(policy_routes)]
         if passthrough:
             lines.append("ipv6: ::6/128 on lo")
@@ -644,6 +655,7 @@ class CaptureRun:
         return "".join(parts)
 
     def _verify(self, opts):
+        from ansible_collections.meshops.sidecar.plugins.module_utils._capture.verify import VerifyError, verify_capture
         uid = int(opts.proxy_uids[0])
         gid = int(opts.proxy_gids[0])
         probes = []

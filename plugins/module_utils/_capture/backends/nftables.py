@@ -20,7 +20,7 @@ import socket
 import struct
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.base import BackendError
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_plan import FAMILY, TABLE_PREFIX
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_model import FAMILY, TABLE_PREFIX
 
 MIN_VERSION = (1, 0, 1)  # Istio's minimum: older nft lacks what its rules need
 # nfnetlink: NFT_MSG_GETGEN of the nftables subsystem, answered by NFT_MSG_NEWGEN carrying NFTA_GEN_ID.

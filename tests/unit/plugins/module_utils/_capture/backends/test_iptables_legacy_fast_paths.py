@@ -17,8 +17,9 @@ import pytest
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import address_text
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import iptables_legacy
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import iptables_legacy_child
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.iptables_text import parse_rule
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.iptables_legacy import _address_tokens
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.iptables_legacy_child import _address_tokens
 
 
 def reference(flag, value):
@@ -76,15 +77,15 @@ needs_iptc = pytest.mark.skipif(importlib.util.find_spec("iptc") is None, reason
 
 def build_both_ways(family, rules):
     """In a python-iptables child: per rule, [builder's entry, a new Rule's final_check() + rule, Rule built?]."""
-    builder = iptables_legacy._RuleBuilder(family)
-    new_rule = iptables_legacy._build_rule
+    builder = iptables_legacy_child._RuleBuilder(family)
+    new_rule = iptables_legacy_child._build_rule
     built = []
 
     def counted(args, family):
         built.append(args)
         return new_rule(args, family)
 
-    iptables_legacy._build_rule = counted  # in the forked child only
+    iptables_legacy_child._build_rule = counted  # in the forked child only
     out = []
     for args in rules:
         del built[:]
@@ -174,7 +175,7 @@ def test_templated_entries_equal_new_rules(family, rules):
 
 def entry_errors(family, rules):
     """In a python-iptables child: the exception the builder raises for each rule, after a template exists."""
-    builder = iptables_legacy._RuleBuilder(family)
+    builder = iptables_legacy_child._RuleBuilder(family)
     builder.entry(rules[0])
     errors = []
     for args in rules[1:]:
@@ -210,11 +211,11 @@ def test_addresses_python_iptables_refuses_are_refused(family, rules):
 ])
 def test_plain_address_rules_read_as_parse_rule_reads_them(args):
     """The quick reading of ``[!] -s A [!] -d B -j T`` gives what parse_rule gives, or leaves the text to it."""
-    quick = iptables_legacy._plain_address_rule(args)
+    quick = iptables_legacy_child._plain_address_rule(args)
     if quick is not None:
-        assert quick == iptables_legacy._address_only_shape(parse_rule(args))
+        assert quick == iptables_legacy_child._address_only_shape(parse_rule(args))
 
 
 def test_quick_reading_is_taken_for_exclusions():
     for args in ("-d 198.18.0.1/32 -j RETURN", "! -d 2001:db8::/32 -j RETURN", "-s ::6/128 ! -d ::1/128 -j RETURN"):
-        assert iptables_legacy._plain_address_rule(args) is not None, args
+        assert iptables_legacy_child._plain_address_rule(args) is not None, args

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ctypes
 
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.iptables_legacy import (
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.iptables_legacy_child import (
     fix_ipv6_interface_masks,
     has_damaged_interface_mask,
 )

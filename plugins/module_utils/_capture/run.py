@@ -255,9 +255,8 @@ class CaptureRun:
         committed since and they are not read: the kernel counts every commit, by anyone."""
         plan = _NativePlan(NftablesBackend(self.runner))
         if self.native:
-            missing = plan.backend.missing()
-            if missing:
-                raise CaptureError("native_nftables=true: not usable on the target, missing %s" % ", ".join(missing))
+            if not plan.backend.present():
+                self._refuse_native(plan.backend)
             from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_plan import plan_ruleset
             try:
                 plan.tables = plan_ruleset(opts)
@@ -273,9 +272,11 @@ class CaptureRun:
         # Istio's tables must also be there, by name, exactly those of the plan.
         if (self.native and plan.generation is not None and stamp == proven
                 and self._istio_table_names(plan) == sorted(table.name for table in plan.tables)):
-            plan.before = None
+            plan.before = None  # and nft is not run: its version is checked when it has work to do
             self.native_stamp = stamp
             return plan
+        if self.native:
+            self._refuse_native(plan.backend)
         try:
             document = plan.backend.read()
             plan.before = nft_reconcile.live_state(document)
@@ -295,6 +296,13 @@ class CaptureRun:
         if self.native and not plan.changes and plan.generation is not None:
             self.native_stamp = {"generation": plan.generation, "digest": plan.digest}
         return plan
+
+    @staticmethod
+    def _refuse_native(backend):
+        """Fail when the target's nft is missing or older than Istio's minimum."""
+        missing = backend.missing()
+        if missing:
+            raise CaptureError("native_nftables=true: not usable on the target, missing %s" % ", ".join(missing))
 
     def _ipset_plan(self, opts, tables):
         """The ipsets of ours now and as wanted. Without the ``ipset`` tool none can be read or

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.base import BackendError
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.iptables_text import parse_save
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import BUILTIN_CHAINS, IPV4
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import BUILTIN_CHAINS, CAPTURE_TABLES, IPV4
+from ansible_collections.meshops.sidecar.plugins.module_utils._system import netlink
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.reconcile import (
     owned_state,
     plan_changes,
@@ -73,6 +74,11 @@ def touched_rules(changes):
             if op.chain in BUILTIN_CHAINS and op.kind in ("delete", "append", "insert")}
 
 
+def kernel_table_names(family):
+    """The names of the family's nftables tables (iptables-nft's are ``ip``/``ip6`` tables), None when unknown."""
+    return netlink.nft_table_names(netlink.NFPROTO_IPV4 if family == IPV4 else netlink.NFPROTO_IPV6)
+
+
 def _tool(family, suffix):
     return ("iptables" if family == IPV4 else "ip6tables") + suffix
 
@@ -92,6 +98,11 @@ class NftBackend:
                 if not self._which(tool)]
 
     def read(self, family):
+        names = kernel_table_names(family)
+        if names is not None and not set(names) & set(CAPTURE_TABLES):
+            # No nat, mangle or raw table of the family in the kernel: nothing of ours, no process to start.
+            self._last_read[family] = parse_save("")
+            return self._last_read[family]
         rc, out, err = self._run([self._which(_tool(family, "-nft-save"))])
         if rc != 0:
             raise BackendError("%s failed (rc=%d): %s" % (_tool(family, "-nft-save"), rc, err.strip()))

@@ -21,22 +21,15 @@ import struct
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.base import BackendError
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_model import FAMILY, TABLE_PREFIX
+from ansible_collections.meshops.sidecar.plugins.module_utils._system import netlink
 
 MIN_VERSION = (1, 0, 1)  # Istio's minimum: older nft lacks what its rules need
 # nfnetlink: NFT_MSG_GETGEN of the nftables subsystem, answered by NFT_MSG_NEWGEN carrying NFTA_GEN_ID.
-_NETLINK_NETFILTER = 12
 _NLMSG_HEADER = 16
 _NLM_F_REQUEST = 1
-_NLMSG_ERROR = 2
 _GETGEN = (10 << 8) | 16
 _NEWGEN = (10 << 8) | 15
 _NFTA_GEN_ID = 1
-_NLM_F_DUMP = 0x300
-_NLMSG_DONE = 3
-_GETTABLE = (10 << 8) | 1
-_NEWTABLE = (10 << 8) | 0
-_NFTA_TABLE_NAME = 1
-_NFPROTO_INET = 1
 _VERSION = re.compile(r"nftables v(\d+)\.(\d+)(?:\.(\d+))?")
 
 
@@ -97,24 +90,8 @@ class NftablesBackend:
 
     @staticmethod
     def inet_table_names():
-        """Names of the current namespace's ``inet`` tables, from one netlink dump; None when it fails.
-
-        ``nft list tables`` (1.0.6) loads every rule of every table first: with thousands of
-        iptables-nft rules and another writer committing, that took seconds."""
-        try:
-            with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER) as sock:
-                sock.bind((0, 0))
-                request = struct.pack("=IHHII", _NLMSG_HEADER + 4, _GETTABLE, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0)
-                sock.send(request + struct.pack("!BBH", _NFPROTO_INET, 0, 0))
-                replies = []
-                while True:
-                    data = sock.recv(65536)
-                    replies.append(data)
-                    if not data or _dump_done(data):
-                        break
-        except OSError:
-            return None
-        return parse_table_names(b"".join(replies))
+        """Names of the current namespace's ``inet`` tables, from one netlink dump; None when it fails."""
+        return netlink.nft_table_names(netlink.NFPROTO_INET)
 
     @staticmethod
     def generation():
@@ -123,7 +100,7 @@ class NftablesBackend:
         The kernel counts every committed nftables transaction in a namespace (any table, iptables-nft's
         too): equal numbers mean nothing was written in between. One netlink request, no process."""
         try:
-            with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER) as sock:
+            with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, netlink.NETLINK_NETFILTER) as sock:
                 sock.bind((0, 0))
                 request = struct.pack("=IHHII", _NLMSG_HEADER + 4, _GETGEN, _NLM_F_REQUEST, 1, 0)
                 sock.send(request + struct.pack("!BBH", socket.AF_UNSPEC, 0, 0))  # nfgenmsg
@@ -170,40 +147,6 @@ def parse_generation(reply):
             return struct.unpack_from("!I", reply, offset + 4)[0]
         offset += (size + 3) & ~3
     return None
-
-
-def _messages(data):
-    """``(type, payload)`` of each netlink message in ``data``."""
-    offset = 0
-    while offset + _NLMSG_HEADER <= len(data):
-        length, kind = struct.unpack_from("=IH", data, offset)
-        if length < _NLMSG_HEADER:
-            return
-        yield kind, data[offset + _NLMSG_HEADER:offset + length]
-        offset += (length + 3) & ~3
-
-
-def _dump_done(data):
-    return any(kind in (_NLMSG_DONE, _NLMSG_ERROR) for kind, dummy in _messages(data))
-
-
-def parse_table_names(data):
-    """Table names of the NFT_MSG_NEWTABLE messages of a dump; None when the dump ended in an error."""
-    names = []
-    for kind, payload in _messages(data):
-        if kind == _NLMSG_ERROR and len(payload) >= 4 and struct.unpack_from("=i", payload)[0] != 0:
-            return None
-        if kind != _NEWTABLE:
-            continue
-        offset = 4  # after nfgenmsg
-        while offset + 4 <= len(payload):
-            size, attribute = struct.unpack_from("=HH", payload, offset)
-            if size < 4:
-                break
-            if attribute & 0x3FFF == _NFTA_TABLE_NAME:
-                names.append(payload[offset + 4:offset + size].split(b"\0", 1)[0].decode("utf-8", "replace"))
-            offset += (size + 3) & ~3
-    return names
 
 
 def _dotted(version):

@@ -71,7 +71,7 @@ def done_message(error=0):
 
 
 def test_table_names_of_a_dump():
-    from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.nftables import parse_table_names
+    from ansible_collections.meshops.sidecar.plugins.module_utils._system.netlink import parse_table_names
 
     data = table_message("istio-proxy-nat") + table_message("userfilter") + done_message()
     assert parse_table_names(data) == ["istio-proxy-nat", "userfilter"]

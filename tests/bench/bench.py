@@ -265,14 +265,28 @@ class Samples:
     def median(self, key, cpu=False):
         return statistics.median(self._values(key, cpu))
 
-    def net(self, key, base, cpu=False):
-        """Median over repetitions of (sample - mean of the base samples of that repetition)."""
+    def net(self, key, base, cpu=False, reps=None):
+        """Median over repetitions of (sample - mean of the base samples of that repetition).
+
+        ``reps``: the repetitions to take, each as often as listed (a bootstrap resample); default all."""
         per_rep = {}
         for rep, value in zip(self.rep[base], self._values(base, cpu)):
             per_rep.setdefault(rep, []).append(value)
-        diffs = [value - statistics.mean(per_rep[rep])
-                 for rep, value in zip(self.rep[key], self._values(key, cpu)) if rep in per_rep]
+        by_rep = {}
+        for rep, value in zip(self.rep[key], self._values(key, cpu)):
+            if rep in per_rep:
+                by_rep.setdefault(rep, []).append(value - statistics.mean(per_rep[rep]))
+        diffs = [diff for rep in (sorted(by_rep) if reps is None else reps) for diff in by_rep.get(rep, ())]
         return statistics.median(diffs)
+
+    def ratio_interval(self, key, over, base, cpu=False, rounds=1000):
+        """90 % bootstrap interval of net(key) / net(over): whole repetitions resampled with replacement,
+        so a verdict the machine's noise could turn either way is seen as such."""
+        reps = sorted(set(self.rep[base]))
+        rng = random.Random(0)
+        found = sorted(ratio(self.net(key, base, cpu, picked), self.net(over, base, cpu, picked))
+                       for picked in ([rng.choice(reps) for dummy in reps] for dummy2 in range(rounds)))
+        return found[int(0.05 * rounds)], found[int(0.95 * rounds) - 1]
 
     def spread(self, key):
         values = self.wall[key]
@@ -592,6 +606,15 @@ def verdict(wall_ok, cpu_ok):
     return "NOT met"
 
 
+def interval_verdict(intervals, line):
+    """Met or not when both 90 % intervals (wall, CPU) lie on one side of ``line``; else within the noise."""
+    if all(high <= line for low, high in intervals):
+        return "met beyond the noise"
+    if all(low > line for low, high in intervals):
+        return "missed beyond the noise"
+    return "within the noise"
+
+
 def ratio(a, b):
     return a / b if b > 0 else float("inf")
 
@@ -700,8 +723,15 @@ def compare_table(samples, report, flavour):
                 marginal["warm_builtin_apply"], marginal["warm_module_apply"])
             targets[tag + " after a first task: builtin/module re-run"] = ratio(
                 marginal["warm_builtin_rerun"], marginal["warm_module_rerun"])
-    lines.append("| ratio (of net costs) | wall | CPU | target |")
-    lines.append("|---|---:|---:|---|")
+    intervals = {}
+    for name, key in (("module apply/noop", "module_apply"), ("module re-run/noop", "module_rerun"),
+                      ("native apply/noop", "native_apply"), ("native re-run/noop", "native_rerun")):
+        if key in samples.wall:
+            intervals[name] = (samples.ratio_interval(key, "noop", "empty"),
+                               samples.ratio_interval(key, "noop", "empty", cpu=True))
+    report["ratio_intervals"] = intervals
+    lines.append("| ratio (of net costs) | wall | CPU | 90 % interval, wall / CPU | target |")
+    lines.append("|---|---:|---:|---|---|")
     goals = [("builtin/module apply", ">= 15"), ("builtin/module re-run", ">= 15"),
              ("builtin/noop apply (ceiling)", None), ("builtin/noop re-run (ceiling)", None)] if builtin else []
     goals += [("module apply/noop", "<= 1.5"), ("module re-run/noop", "<= 1.5")]
@@ -718,7 +748,10 @@ def compare_table(samples, report, flavour):
             met = "%s: %s" % (goal, verdict(wall >= 15, cpu >= 15))
         else:
             met = "%s: %s" % (goal, verdict(wall <= 1.5, cpu <= 1.5))
-        lines.append("| %s | %s | %s | %s |" % (name, fmt(wall), fmt(cpu), met))
+            if name in intervals:
+                met += "; %s" % interval_verdict(intervals[name], 1.5)
+        spans = " / ".join("%s-%s" % (fmt(low), fmt(high)) for low, high in intervals[name]) if name in intervals else ""
+        lines.append("| %s | %s | %s | %s | %s |" % (name, fmt(wall), fmt(cpu), spans, met))
     lines.append("")
     if builtin:
         lines.append("Rules check: %s" % ("the %d builtin tasks leave exactly the module's %d ISTIO lines in "

@@ -33,22 +33,28 @@ NFPROTO_IPV4 = 2
 NFPROTO_IPV6 = 10
 
 
-def dump(protocol, kind, header):
-    """The replies to one dump request (``kind`` with the family ``header``), or None when the socket fails."""
+def request(protocol, kind, header, is_dump=False):
+    """The reply to one request (``kind`` with the family ``header``), every part of it for a dump;
+    None when the socket fails."""
+    flags = _NLM_F_REQUEST | (_NLM_F_DUMP if is_dump else 0)
     try:
         with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol) as sock:
             sock.bind((0, 0))
-            sock.send(struct.pack("=IHHII", _NLMSG_HEADER + len(header), kind, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0)
-                      + header)
+            sock.send(struct.pack("=IHHII", _NLMSG_HEADER + len(header), kind, flags, 1, 0) + header)
             replies = []
             while True:
                 data = sock.recv(65536)
                 replies.append(data)
-                if not data or _dump_done(data):
+                if not is_dump or not data or _dump_done(data):
                     break
     except OSError:
         return None
     return b"".join(replies)
+
+
+def dump(protocol, kind, header):
+    """The replies to one dump request, or None when the socket fails."""
+    return request(protocol, kind, header, is_dump=True)
 
 
 def messages(data):

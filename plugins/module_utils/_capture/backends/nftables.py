@@ -25,8 +25,6 @@ from ansible_collections.meshops.sidecar.plugins.module_utils._system import net
 
 MIN_VERSION = (1, 0, 1)  # Istio's minimum: older nft lacks what its rules need
 # nfnetlink: NFT_MSG_GETGEN of the nftables subsystem, answered by NFT_MSG_NEWGEN carrying NFTA_GEN_ID.
-_NLMSG_HEADER = 16
-_NLM_F_REQUEST = 1
 _GETGEN = (10 << 8) | 16
 _NEWGEN = (10 << 8) | 15
 _NFTA_GEN_ID = 1
@@ -99,15 +97,8 @@ class NftablesBackend:
 
         The kernel counts every committed nftables transaction in a namespace (any table, iptables-nft's
         too): equal numbers mean nothing was written in between. One netlink request, no process."""
-        try:
-            with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, netlink.NETLINK_NETFILTER) as sock:
-                sock.bind((0, 0))
-                request = struct.pack("=IHHII", _NLMSG_HEADER + 4, _GETGEN, _NLM_F_REQUEST, 1, 0)
-                sock.send(request + struct.pack("!BBH", socket.AF_UNSPEC, 0, 0))  # nfgenmsg
-                reply = sock.recv(4096)
-        except OSError:
-            return None
-        return parse_generation(reply)
+        reply = netlink.request(netlink.NETLINK_NETFILTER, _GETGEN, struct.pack("!BBH", socket.AF_UNSPEC, 0, 0))
+        return None if reply is None else parse_generation(reply)
 
     def _json(self, command):
         rc, out, err = self._runner.run([self._binary(), "-j"] + command)
@@ -133,19 +124,12 @@ class NftablesBackend:
 
 def parse_generation(reply):
     """NFTA_GEN_ID of an NFT_MSG_NEWGEN netlink reply, or None for anything else (an error, a short reply)."""
-    if len(reply) < _NLMSG_HEADER + 4:
-        return None
-    length, kind = struct.unpack_from("=IH", reply)
+    kind, payload = next(netlink.messages(reply), (None, b""))
     if kind != _NEWGEN:
         return None
-    offset = _NLMSG_HEADER + 4  # after nfgenmsg
-    while offset + 4 <= min(length, len(reply)):
-        size, attribute = struct.unpack_from("=HH", reply, offset)
-        if size < 4:
-            return None
-        if attribute & 0x3FFF == _NFTA_GEN_ID and size >= 8:
-            return struct.unpack_from("!I", reply, offset + 4)[0]
-        offset += (size + 3) & ~3
+    for attribute, value in netlink.attributes(payload, 4):  # after nfgenmsg
+        if attribute == _NFTA_GEN_ID and len(value) >= 4:
+            return struct.unpack_from("!I", value)[0]
     return None
 
 

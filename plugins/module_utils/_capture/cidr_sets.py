@@ -37,6 +37,9 @@ SET_NAMES = tuple("istio-%s-%s" % (purpose, _SUFFIX[family])
 _BITS = {IPV4: 32, IPV6: 128}
 
 
+_IPTABLES_MATCH = "--match-set istio-"  # an iptables rule's match on a set of ours (SET_NAMES)
+
+
 def set_name(purpose, family):
     """``istio-exclude-v4``, ``istio-include-v6``, ..."""
     return "istio-%s-%s" % (purpose, _SUFFIX[family])
@@ -73,6 +76,21 @@ def planned_sets(opts):
                 sets[(purpose, family)] = CidrSet(set_name(purpose, family), family, merged_intervals(
                     _interval_of_cidr(text) for text in texts))
     return sets
+
+
+def iptables_rules_match_sets(tables):
+    """Whether any nat rule in ``{family: {table: TableDump}}`` (a run's read, errors skipped) matches a set of ours.
+
+    Beside the set names rather than in ``ipset_reconcile``: a run without ``cidr_sets`` asks it
+    without importing the ipset code."""
+    for dumps in tables.values():
+        nat = dumps.get("nat") if isinstance(dumps, dict) else None
+        if nat is None:
+            continue
+        for rules in nat.chains.values():
+            if any(_IPTABLES_MATCH in args for args in rules):
+                return True
+    return False
 
 
 def merged_intervals(intervals):

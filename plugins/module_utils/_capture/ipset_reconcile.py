@@ -33,7 +33,6 @@ SET_TYPE = "hash:net"
 _FAMILY = {IPV4: "inet", IPV6: "inet6"}
 _FAMILY_OF = {"inet": IPV4, "inet6": IPV6}
 MIN_MAXELEM = 65536  # ipset's default
-_MATCH_SET = "--match-set istio-"  # the rule text of a match on one of ours (cidr_sets.SET_NAMES)
 _HOST_SUFFIX = re.compile(r"/(32|128)$")
 
 
@@ -60,18 +59,6 @@ def wanted_ipsets(opts):
         return {}
     return {cidr_set.name: IpsetState(SET_TYPE, _FAMILY[cidr_set.family], cidr_set.intervals)
             for cidr_set in planned_sets(opts).values()}
-
-
-def rules_match_sets(tables):
-    """Whether any nat rule in ``{family: {table: TableDump}}`` (``_read``'s, errors skipped) matches a set of ours."""
-    for dumps in tables.values():
-        nat = dumps.get("nat") if isinstance(dumps, dict) else None
-        if nat is None:
-            continue
-        for rules in nat.chains.values():
-            if any(_MATCH_SET in args for args in rules):
-                return True
-    return False
 
 
 def plan_changes(wanted, live):

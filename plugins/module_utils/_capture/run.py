@@ -17,9 +17,11 @@ both: the mode in use gets its rules, the other is planned empty, so a mode swit
 ``state=absent`` leaves nothing of either behind. The wanted mode is applied first, then the other
 is cleared: there is no moment without capture.
 
-The planners, the renderer of Istio's tables and the verification probes are imported where a
-run first needs them: a task compiles only what its mode uses (the module's payload is imported
-from a zip, which Python compiles from source on every run; see docs/performance.md).
+The planners, the reconciler and renderer of Istio's tables, the ipset code and the verification
+probes are imported where a run first needs them: a task compiles only what its mode and its
+namespace use (the module's payload is imported from a zip, which Python compiles from source on
+every run; see docs/performance.md). An iptables-mode run without ``cidr_sets`` in a namespace with
+no table of Istio's imports none of the native or ipset code.
 """
 
 from __future__ import annotations
@@ -52,9 +54,7 @@ from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.
     select_backend,
 )
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.nftables import NftablesBackend
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.ipset import IpsetBackend
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture import ipset_reconcile
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture import nft_reconcile
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.cidr_sets import iptables_rules_match_sets
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_model import TABLE_PREFIX
 
 _FAMILY_TITLE = {IPV4: "IPv4", IPV6: "IPv6"}
@@ -66,6 +66,18 @@ class CaptureError(Exception):
     def __init__(self, msg, **details):
         super().__init__(msg)
         self.details = details
+
+
+def _nft_reconcile():
+    """The reconciler of Istio's native tables, imported by the runs that meet or want them."""
+    from ansible_collections.meshops.sidecar.plugins.module_utils._capture import nft_reconcile
+    return nft_reconcile
+
+
+def _ipset_reconcile():
+    """The ipset planner, imported by the runs that want or hold sets of ours."""
+    from ansible_collections.meshops.sidecar.plugins.module_utils._capture import ipset_reconcile
+    return ipset_reconcile
 
 
 def _render_tables(tables, rule_text, sets):
@@ -114,31 +126,43 @@ class _NativePlan:
     def after(self):
         """The desired tables in comparable form, computed when first needed (10,000 rules cost ~0.3 s)."""
         if self._after is None:
-            self._after = nft_reconcile.desired_state(self.tables)
+            self._after = _nft_reconcile().desired_state(self.tables)
         return self._after
 
     @property
     def after_sets(self):
-        return nft_reconcile.desired_sets(self.tables)
+        return _nft_reconcile().desired_sets(self.tables)
 
     @property
     def transaction(self):
-        return nft_reconcile.transaction_text(self.changes, self.tables)
+        return _nft_reconcile().transaction_text(self.changes, self.tables)
 
     def text(self):
         """The desired tables as ``nft list`` shows them, rules in the planner's words (fast at any size)."""
-        return _render_tables(nft_reconcile.planned_state(self.tables), str, self.after_sets)
+        return _render_tables(_nft_reconcile().planned_state(self.tables), str, self.after_sets)
 
 
 @dataclass
 class _IpsetPlan:
-    """The ipsets of ``cidr_sets`` (iptables backends): as they are, as wanted, and the scripts between."""
+    """The ipsets of ``cidr_sets`` (iptables backends): as they are, as wanted, and the scripts between.
 
-    backend: object
+    ``backend`` and ``changes`` (``ipset_reconcile.IpsetChanges``) are None when the run needs no set."""
+
+    backend: object = None
     before: dict = field(default_factory=dict)
     wanted: dict = field(default_factory=dict)
-    changes: object = field(default_factory=ipset_reconcile.IpsetChanges)
+    changes: object = None
     left: list = field(default_factory=list)  # sets to destroy that a rule elsewhere still matches
+
+    @property
+    def fill(self):
+        """The ``ipset restore`` script to run before the iptables transaction, "" for none."""
+        return self.changes.fill if self.changes else ""
+
+    @property
+    def destroy(self):
+        """The names of the sets to destroy after it."""
+        return self.changes.destroy if self.changes else ()
 
 
 @dataclass
@@ -262,7 +286,7 @@ class CaptureRun:
                 plan.tables = plan_ruleset(opts)
             except OptionError as exc:
                 raise CaptureError(str(exc))
-            plan.digest = nft_reconcile.plan_digest(plan.tables)
+            plan.digest = _nft_reconcile().plan_digest(plan.tables)
         elif not plan.backend.present():
             return _NativePlan()  # no nft at all: no native table can be there
         plan.generation = plan.backend.generation()
@@ -279,13 +303,16 @@ class CaptureRun:
             self._refuse_native(plan.backend)
         try:
             document = plan.backend.read()
-            plan.before = nft_reconcile.live_state(document)
-            plan.before_sets = nft_reconcile.live_sets(document)
         except BackendError as exc:
             if self.native:
                 raise CaptureError(str(exc))
             self.warn("cannot look for Istio's native nftables tables (%s): any there are left as they are" % exc)
             return _NativePlan()
+        if not self.native and not document["nftables"]:
+            return plan  # no table of Istio's: nothing to clear
+        nft_reconcile = _nft_reconcile()
+        plan.before = nft_reconcile.live_state(document)
+        plan.before_sets = nft_reconcile.live_sets(document)
         if plan.backend.generation() != plan.generation:
             plan.generation = None  # someone committed while we read: what we read has no generation
         names = [table.name for table in plan.tables]
@@ -309,9 +336,16 @@ class CaptureRun:
         written: an error when sets are wanted, else there is nothing to do.
 
         They are only looked for when wanted, for ``state=absent``, or when a rule of ours matches one:
-        the common run without ``cidr_sets`` starts no ``ipset`` process."""
-        plan = _IpsetPlan(IpsetBackend(self.runner), wanted=ipset_reconcile.wanted_ipsets(opts))
-        if not (plan.wanted or not self.present or ipset_reconcile.rules_match_sets(tables)):
+        the common run without ``cidr_sets`` imports no ipset code and starts no ``ipset`` process
+        (without ``cidr_sets`` no set is wanted: ``cidr_sets.planned_sets``)."""
+        rules_match = iptables_rules_match_sets(tables)
+        if self.present and not opts.cidr_sets and not rules_match:
+            return _IpsetPlan()
+        from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.ipset import IpsetBackend
+        ipset_reconcile = _ipset_reconcile()
+        plan = _IpsetPlan(IpsetBackend(self.runner), wanted=ipset_reconcile.wanted_ipsets(opts),
+                          changes=ipset_reconcile.IpsetChanges())
+        if not (plan.wanted or not self.present or rules_match):
             return plan
         if plan.backend.missing():
             if plan.wanted:
@@ -392,15 +426,16 @@ class CaptureRun:
 
     def _result(self, opts, backend, reason, families, native, ipsets, routes):
         iptables_commands = []
-        if ipsets.changes.fill:
-            iptables_commands += [ipsets.backend.describe()] + ipsets.changes.fill.splitlines() + ["EOF"]
+        if ipsets.fill:
+            iptables_commands += [ipsets.backend.describe()] + ipsets.fill.splitlines() + ["EOF"]
         for family in FAMILIES:
             if family in families.changes:
                 iptables_commands.append(backend.describe(family))
                 iptables_commands.extend(restore_text(families.changes[family]).splitlines())
                 if backend.name == "nft":
                     iptables_commands.append("EOF")
-        iptables_commands += ipsets.changes.destroy_commands()
+        if ipsets.changes:
+            iptables_commands += ipsets.changes.destroy_commands()
         native_commands = []
         if native.changes:
             native_commands = [native.backend.describe()] + native.transaction.splitlines() + ["EOF"]
@@ -413,7 +448,7 @@ class CaptureRun:
             rules = {family: render_state(families.after[family]) for family in FAMILIES
                      if family in families.rules and family in families.after}
             if ipsets.wanted:
-                rules["ipsets"] = ipset_reconcile.render_ipsets(ipsets.wanted)
+                rules["ipsets"] = _ipset_reconcile().render_ipsets(ipsets.wanted)
         result = {
             "changed": bool(families.changes or native.changes or ipsets.changes or routes.commands),
             "backend": "nftables" if self.native else (backend.name if backend is not None else None),
@@ -469,19 +504,19 @@ class CaptureRun:
 
     @staticmethod
     def _fill_ipsets(ipsets):
-        if not ipsets.changes.fill:
+        if not ipsets.fill:
             return
         try:
-            ipsets.backend.apply(ipsets.changes.fill)
+            ipsets.backend.apply(ipsets.fill)
         except BackendError as exc:
             raise CaptureError("ipsets: %s" % exc)
 
     def _destroy_ipsets(self, ipsets, context=""):
         """The sets no rule of ours matches any more; one still matched elsewhere is left, with a warning."""
-        if not ipsets.changes.destroy:
+        if not ipsets.destroy:
             return
         try:
-            in_use = ipsets.backend.destroy(ipsets.changes.destroy)
+            in_use = ipsets.backend.destroy(ipsets.destroy)
         except BackendError as exc:
             raise CaptureError("%sipsets: %s" % (context, exc))
         for name in in_use:
@@ -491,8 +526,9 @@ class CaptureRun:
 
     def _put_ipsets_back(self, ipsets, failure):
         """After a failed iptables transaction: the sets as they were (the old rules match them again)."""
-        if not ipsets.changes.fill:
+        if not ipsets.fill:
             return
+        ipset_reconcile = _ipset_reconcile()
         try:
             back = ipset_reconcile.plan_changes(ipsets.before, ipsets.backend.read())
             ipsets.backend.apply(back.fill)
@@ -548,6 +584,7 @@ class CaptureRun:
             except BackendError as exc:
                 problems.append("ipsets cannot be read back: %s" % exc)
             else:
+                ipset_reconcile = _ipset_reconcile()
                 wanted = ipset_reconcile.expected_headers(ipsets.wanted, ipsets.changes.filled)
                 now = {name: found for name, found in now.items() if name not in ipsets.left}
                 if not ipset_reconcile.headers_match(now, wanted):
@@ -556,7 +593,7 @@ class CaptureRun:
         if native.changes and not self.native_stamp:  # the stamp: proven by the generation (_apply_native)
             try:
                 document = native.backend.read()
-                now, now_sets = nft_reconcile.live_state(document), nft_reconcile.live_sets(document)
+                now, now_sets = _nft_reconcile().live_state(document), _nft_reconcile().live_sets(document)
             except BackendError as exc:
                 problems.append("native nftables tables cannot be read back: %s" % exc)
             else:
@@ -652,7 +689,7 @@ class CaptureRun:
             if family in states:
                 parts.append("# %s rules of ours\n%s" % (_FAMILY_TITLE[family], render_state(states[family])))
         if ipsets:
-            parts.append("# ipsets of ours\n%s" % ipset_reconcile.render_ipsets(ipsets))
+            parts.append("# ipsets of ours\n%s" % _ipset_reconcile().render_ipsets(ipsets))
         if native and native[0]:
             parts.append("# native nftables tables of ours\n%s" % _render_tables(native[0], None, native[1]))
         lines = [route.describe() for route in sorted(policy_routes)]

@@ -11,6 +11,7 @@ import random
 
 import pytest
 
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.base import BackendError
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.cidr_sets import (
     SET_NAMES,
     CidrSet,
@@ -18,9 +19,11 @@ from ansible_collections.meshops.sidecar.plugins.module_utils._capture.cidr_sets
     interval_cidrs,
     intervals_of_nft_elements,
     intervals_of_texts,
+    iptables_rules_match_sets,
     merged_intervals,
     planned_sets,
 )
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.iptables_text import parse_save as parse_iptables
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import IPV4, IPV6, CaptureOptions
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_plan import generate_rules, plan_ruleset
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.plan import plan_rules
@@ -158,3 +161,13 @@ def test_cidr_set_writes_merged_cidrs():
 def test_an_address_with_anything_after_it_is_no_cidr(text):
     with pytest.raises(ValueError):
         intervals_of_texts([text])
+
+
+def test_rules_matching_sets_of_ours_are_found_in_any_family():
+    dump = parse_iptables("*nat\n:ISTIO_OUTPUT - [0:0]\n-A ISTIO_OUTPUT -m set --match-set istio-exclude-v6 dst "
+                          "-j RETURN\nCOMMIT\n")
+    plain = parse_iptables("*nat\n:ISTIO_OUTPUT - [0:0]\n-A ISTIO_OUTPUT -d 10.0.0.0/8 -j RETURN\nCOMMIT\n")
+    assert iptables_rules_match_sets({IPV4: plain, IPV6: dump})
+    assert not iptables_rules_match_sets({IPV4: plain, IPV6: BackendError("no IPv6")})
+    foreign = parse_iptables("*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -m set --match-set users dst -j RETURN\nCOMMIT\n")
+    assert not iptables_rules_match_sets({IPV4: foreign})

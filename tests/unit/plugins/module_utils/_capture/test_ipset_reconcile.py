@@ -18,7 +18,6 @@ from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.
     parse_terse,
 )
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.cidr_sets import intervals_of_texts
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.iptables_text import parse_save as parse_iptables
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import IPV4, IPV6, CaptureOptions
 
 OPTS = CaptureOptions(exclude_outbound_ip_ranges=((IPV4, "10.0.0.0/24"), (IPV4, "10.0.1.0/24"),
@@ -109,16 +108,6 @@ def test_a_set_of_another_type_is_refused_naming_it():
         ipset_reconcile.plan_changes(WANTED, {"istio-exclude-v4": IpsetState("hash:ip", "inet", ())})
     with pytest.raises(ipset_reconcile.IpsetConflict, match="family inet6"):
         ipset_reconcile.plan_changes(WANTED, {"istio-exclude-v4": IpsetState("hash:net", "inet6", ())})
-
-
-def test_rules_matching_sets_of_ours_are_found_in_any_family():
-    dump = parse_iptables("*nat\n:ISTIO_OUTPUT - [0:0]\n-A ISTIO_OUTPUT -m set --match-set istio-exclude-v6 dst "
-                          "-j RETURN\nCOMMIT\n")
-    plain = parse_iptables("*nat\n:ISTIO_OUTPUT - [0:0]\n-A ISTIO_OUTPUT -d 10.0.0.0/8 -j RETURN\nCOMMIT\n")
-    assert ipset_reconcile.rules_match_sets({IPV4: plain, IPV6: dump})
-    assert not ipset_reconcile.rules_match_sets({IPV4: plain, IPV6: BackendError("no IPv6")})
-    foreign = parse_iptables("*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -m set --match-set users dst -j RETURN\nCOMMIT\n")
-    assert not ipset_reconcile.rules_match_sets({IPV4: foreign})
 
 
 def test_render_shows_the_sets_as_ipset_save_would():

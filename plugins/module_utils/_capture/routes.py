@@ -16,9 +16,11 @@ earlier run used. Envoy binds ``::6`` for IPv6 inbound passthrough, which ``lo``
 from __future__ import annotations
 
 import json
+import socket
 from dataclasses import dataclass
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import IPV4, IPV6
+from ansible_collections.meshops.sidecar.plugins.module_utils._system import netlink
 
 PASSTHROUGH_V6 = "::6"
 
@@ -44,16 +46,26 @@ class PolicyRoute:
                 ["ip"] + flag + ["route", "del", "local", "default", "dev", "lo", "table", str(self.table)]]
 
 
-def parse_policy_routes(family, rules_json, routes_of_table):
-    """Istio-shaped policy routes from ``ip -json rule show``; ``routes_of_table(t)`` gives ``ip -json route`` data."""
+def ip_rule_marks(rules_json):
+    """``(mark, table)`` of the fwmark rules of ``ip -json rule show`` (the fallback of the netlink dump).
+
+    Only a numbered table: ``ip`` names main, local and default. A mark reads ``0x539`` or ``0x539/0xff``."""
+    return [(int(str(rule["fwmark"]).split("/", 1)[0], 0), int(rule["table"]))
+            for rule in json.loads(rules_json or "[]")
+            if "fwmark" in rule and str(rule.get("table", "")).isdigit()]
+
+
+def policy_routes_of(family, marks_and_tables, routes_of_table):
+    """Istio-shaped policy routes among fwmark rules ``(mark, table)``: those whose table holds
+    ``local default dev lo``. ``routes_of_table(t)`` gives ``ip -json route`` data, asked once a table."""
     found = set()
-    for rule in json.loads(rules_json or "[]"):
-        if "fwmark" not in rule or not str(rule.get("table", "")).isdigit():
-            continue
-        table = int(rule["table"])
-        routes = routes_of_table(table)
-        if any(r.get("type") == "local" and r.get("dst") == "default" and r.get("dev") == "lo" for r in routes):
-            found.add(PolicyRoute(family, int(str(rule["fwmark"]).split("/", 1)[0], 0), table))
+    local_default = {}
+    for mark, table in marks_and_tables:
+        if table not in local_default:
+            local_default[table] = any(r.get("type") == "local" and r.get("dst") == "default" and r.get("dev") == "lo"
+                                       for r in routes_of_table(table))
+        if local_default[table]:
+            found.add(PolicyRoute(family, mark, table))
     return found
 
 
@@ -78,8 +90,9 @@ def has_passthrough_v6(if_inet6_text):
 class RouteManager:
     """Reads and changes policy routes and the ``::6`` address in the current namespace.
 
-    Changes and policy routes go through ``ip``; ``::6`` is read from ``/proc/net/if_inet6``, which
-    shows the namespace of the reading thread, saving a process per run.
+    Changes go through ``ip``. The fwmark rules come from one netlink dump a family (``ip rule show``
+    when netlink does not answer), and ``::6`` from ``/proc/net/if_inet6``: both show the namespace
+    of the calling thread, saving a process each per run.
     """
 
     def __init__(self, run, ipv6_kernel):
@@ -93,15 +106,25 @@ class RouteManager:
         return out
 
     def policy_routes(self):
+        """Istio-shaped policy routes of each family; ``ip route show table N`` only for a table a fwmark
+        rule looks up (none on most hosts)."""
         found = set()
         for family in (IPV4, IPV6) if self.ipv6_kernel else (IPV4,):
             flag = ["-6"] if family == IPV6 else []
-            rules = self._json(["ip"] + flag + ["-json", "rule", "show"])
-            found |= parse_policy_routes(
-                family, rules,
-                lambda table, flag=flag: json.loads(
-                    self._json(["ip"] + flag + ["-json", "route", "show", "table", str(table)]) or "[]"))
+            marks = netlink.fwmark_rules(socket.AF_INET6 if family == IPV6 else socket.AF_INET)
+            if marks is None:  # no netlink answer: ask ip
+                marks = ip_rule_marks(self._json(["ip"] + flag + ["-json", "rule", "show"]))
+            found |= policy_routes_of(family, marks, lambda table, flag=flag: self._routes_of_table(flag, table))
         return found
+
+    def _routes_of_table(self, flag, table):
+        argv = ["ip"] + flag + ["-json", "route", "show", "table", str(table)]
+        rc, out, err = self._run(argv)
+        if rc != 0 and "does not exist" in err:
+            return []  # a rule left whose table lost its last route (drift): no route, the rule is repaired
+        if rc != 0:
+            raise RuntimeError("%s failed (rc=%d): %s" % (" ".join(argv), rc, err.strip()))
+        return json.loads(out or "[]")
 
     def has_passthrough_v6(self):
         if not self.ipv6_kernel:

@@ -31,6 +31,15 @@ _NFTA_TABLE_NAME = 1
 NFPROTO_INET = 1
 NFPROTO_IPV4 = 2
 NFPROTO_IPV6 = 10
+# Policy routing rules over rtnetlink: RTM_GETRULE with a struct fib_rule_hdr, answered by RTM_NEWRULE.
+RTM_NEWRULE = 32
+RTM_GETRULE = 34
+_FIB_RULE_HEADER = 12  # family, dst_len, src_len, tos, table, res1, res2, action (u8 each); flags (u32)
+FRA_FWMARK = 10
+FRA_TABLE = 15
+FR_ACT_TO_TBL = 1
+# ``ip`` prints these by name (and no table for 0, as in an l3mdev rule): never a number to look up.
+_UNNUMBERED_TABLES = frozenset((0, 253, 254, 255))  # unspec, default, main, local
 
 
 def request(protocol, kind, header, is_dump=False):
@@ -108,3 +117,42 @@ def nft_table_names(nfproto):
     iptables-nft rules and another writer committing, that took seconds."""
     data = dump(NETLINK_NETFILTER, _NFT_GETTABLE, struct.pack("!BBH", nfproto, 0, 0))
     return None if data is None else parse_table_names(data)
+
+
+def _dump_failed(kind, payload):
+    """An error, or an NLMSG_DONE that carries one: a dump callback's error comes back in NLMSG_DONE."""
+    if kind == _NLMSG_DONE:
+        return len(payload) >= 4 and struct.unpack_from("=i", payload)[0] < 0
+    return is_error(kind, payload)
+
+
+def parse_fwmark_rules(data):
+    """``(fwmark, table)`` of each rule of an RTM_GETRULE dump that looks a numbered table up for a fwmark.
+
+    None when the dump ended in an error or did not end at all: a short read must not pass for
+    "no Istio rule", which would add a second one."""
+    rules = []
+    for kind, payload in messages(data):
+        if _dump_failed(kind, payload):
+            return None
+        if kind == _NLMSG_DONE:
+            return rules
+        if kind != RTM_NEWRULE or len(payload) < _FIB_RULE_HEADER or payload[7] != FR_ACT_TO_TBL:
+            continue
+        found = {}
+        for attribute, value in attributes(payload, _FIB_RULE_HEADER):
+            if attribute in (FRA_FWMARK, FRA_TABLE) and len(value) >= 4:
+                found[attribute] = struct.unpack_from("=I", value)[0]
+        table = found.get(FRA_TABLE, payload[4])  # the header's u8 table, for a kernel without FRA_TABLE
+        if FRA_FWMARK in found and table not in _UNNUMBERED_TABLES:
+            rules.append((found[FRA_FWMARK], table))
+    return None
+
+
+def fwmark_rules(family):
+    """``(fwmark, table)`` of the current namespace's fwmark rules of one family (``socket.AF_INET`` or
+    ``AF_INET6``); None when unknown.
+
+    Istio's TPROXY route is one such rule: a dump finds it without the ``ip rule show`` process."""
+    data = dump(NETLINK_ROUTE, RTM_GETRULE, struct.pack("=BBBBBBBBI", family, 0, 0, 0, 0, 0, 0, 0, 0))
+    return None if data is None else parse_fwmark_rules(data)

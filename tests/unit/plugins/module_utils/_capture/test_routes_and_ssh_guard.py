@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 
@@ -21,10 +22,13 @@ from ansible_collections.meshops.sidecar.plugins.module_utils._capture.ssh_guard
 )
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.routes import (
     PolicyRoute,
+    RouteManager,
     desired_policy_routes,
     has_passthrough_v6,
-    parse_policy_routes,
+    ip_rule_marks,
+    policy_routes_of,
 )
+from ansible_collections.meshops.sidecar.plugins.module_utils._system import netlink
 
 RULES = json.dumps([
     {"priority": 0, "src": "all", "table": "local"},
@@ -37,8 +41,122 @@ ROUTES = {133: [{"type": "local", "dst": "default", "dev": "lo", "scope": "host"
 
 
 def test_only_istio_shaped_policy_routes_are_ours():
-    assert parse_policy_routes(IPV4, RULES, ROUTES.get) == {PolicyRoute(IPV4, 1337, 133)}
-    assert parse_policy_routes(IPV4, "", ROUTES.get) == set()
+    assert policy_routes_of(IPV4, ip_rule_marks(RULES), ROUTES.get) == {PolicyRoute(IPV4, 1337, 133)}
+    assert policy_routes_of(IPV4, [], ROUTES.get) == set()
+
+
+@pytest.mark.parametrize("rules,marks", [
+    (RULES, [(1337, 133), (7, 200)]),
+    ("", []),
+    ("[]", []),
+    (json.dumps([{"priority": 32765, "src": "all", "fwmark": "0x539/0xffffffff", "table": "133"}]), [(1337, 133)]),
+    (json.dumps([{"priority": 32764, "src": "all", "fwmark": "0x7", "fwmask": "0xff", "table": "200"}]),
+     [(7, 200)]),  # iproute2 6.x prints the mask apart
+    (json.dumps([{"priority": 32761, "src": "all", "fwmark": "0xb", "table": "70000"}]), [(11, 70000)]),
+    (json.dumps([{"priority": 32762, "src": "all", "fwmark": "0xa", "table": "main"},  # by name: not Istio's
+                 {"priority": 32763, "src": "all", "fwmark": "0x9", "action": "blackhole"},  # no table
+                 {"priority": 32760, "src": "10.0.0.0", "srclen": 8, "table": "300"}]), []),  # no fwmark
+])
+def test_fwmark_rules_of_ip_rule_show(rules, marks):
+    assert ip_rule_marks(rules) == marks
+
+
+def test_each_table_is_asked_once():
+    asked = []
+
+    def routes_of_table(table):
+        asked.append(table)
+        return ROUTES.get(table, [])
+    found = policy_routes_of(IPV6, [(1337, 133), (7, 200), (1338, 133), (7, 200), (5, 99)], routes_of_table)
+    assert found == {PolicyRoute(IPV6, 1337, 133), PolicyRoute(IPV6, 1338, 133)}
+    assert asked == [133, 200, 99]
+
+
+class IpRunner:
+    """The ``run`` callable RouteManager takes: ``ip`` answers from a dict of argv -> stdout, rc 1 otherwise."""
+
+    def __init__(self, answers):
+        self.answers, self.calls = answers, []
+
+    def __call__(self, argv, data=None):
+        self.calls.append(" ".join(argv))
+        out = self.answers.get(" ".join(argv))
+        return (1, "", "Error: not faked") if out is None else (0, out, "")
+
+
+IP_ANSWERS = {
+    "ip -json rule show": RULES,
+    "ip -6 -json rule show": json.dumps([{"priority": 32765, "src": "all", "fwmark": "0x539", "table": "133"}]),
+    "ip -json route show table 133": json.dumps(ROUTES[133]),
+    "ip -json route show table 200": json.dumps(ROUTES[200]),
+    "ip -6 -json route show table 133": json.dumps(ROUTES[133]),
+}
+BOTH = {PolicyRoute(IPV4, 1337, 133), PolicyRoute(IPV6, 1337, 133)}
+
+
+def fake_netlink(monkeypatch, answers):
+    """netlink.fwmark_rules answering ``answers[family]`` (None: no answer); the families asked."""
+    asked = []
+    monkeypatch.setattr(netlink, "fwmark_rules", lambda family: asked.append(family) or answers[family])
+    return asked
+
+
+def test_policy_routes_from_netlink_start_no_ip_rule(monkeypatch):
+    asked = fake_netlink(monkeypatch, {socket.AF_INET: [(1337, 133), (7, 200)], socket.AF_INET6: [(1337, 133)]})
+    run = IpRunner(IP_ANSWERS)
+    assert RouteManager(run, True).policy_routes() == BOTH
+    assert asked == [socket.AF_INET, socket.AF_INET6]
+    assert run.calls == ["ip -json route show table 133", "ip -json route show table 200",
+                         "ip -6 -json route show table 133"]
+
+
+def test_policy_routes_without_fwmark_rules_start_nothing(monkeypatch):
+    fake_netlink(monkeypatch, {socket.AF_INET: [], socket.AF_INET6: []})
+    run = IpRunner({})
+    assert RouteManager(run, True).policy_routes() == set()
+    assert run.calls == []
+
+
+def test_policy_routes_ask_ip_for_a_family_netlink_does_not_answer(monkeypatch):
+    fake_netlink(monkeypatch, {socket.AF_INET: [(1337, 133), (7, 200)], socket.AF_INET6: None})
+    run = IpRunner(IP_ANSWERS)
+    assert RouteManager(run, True).policy_routes() == BOTH
+    assert run.calls == ["ip -json route show table 133", "ip -json route show table 200",
+                         "ip -6 -json rule show", "ip -6 -json route show table 133"]
+
+
+def test_policy_routes_without_netlink_ask_ip(monkeypatch):
+    """The conftest leaves netlink.dump unanswered: fwmark_rules is None, and ip answers as before."""
+    run = IpRunner(IP_ANSWERS)
+    assert RouteManager(run, True).policy_routes() == BOTH
+    assert run.calls == ["ip -json rule show", "ip -json route show table 133", "ip -json route show table 200",
+                         "ip -6 -json rule show", "ip -6 -json route show table 133"]
+
+
+def test_policy_routes_without_an_ipv6_kernel_ask_ipv4_only(monkeypatch):
+    asked = fake_netlink(monkeypatch, {socket.AF_INET: [(1337, 133)]})
+    assert RouteManager(IpRunner(IP_ANSWERS), False).policy_routes() == {PolicyRoute(IPV4, 1337, 133)}
+    assert asked == [socket.AF_INET]
+
+
+def test_policy_routes_say_which_ip_failed(monkeypatch):
+    fake_netlink(monkeypatch, {socket.AF_INET: None, socket.AF_INET6: None})
+    with pytest.raises(RuntimeError, match="ip -json rule show failed"):
+        RouteManager(IpRunner({}), True).policy_routes()
+    fake_netlink(monkeypatch, {socket.AF_INET: [(1337, 134)], socket.AF_INET6: None})
+    with pytest.raises(RuntimeError, match="ip -json route show table 134 failed"):
+        RouteManager(IpRunner({}), True).policy_routes()
+
+
+def test_a_fwmark_rule_whose_table_has_no_route_is_not_ours(monkeypatch):
+    """``ip route show table N`` of an empty table fails ("FIB table does not exist"): the route is missing."""
+    fake_netlink(monkeypatch, {socket.AF_INET: [(1337, 133)], socket.AF_INET6: None})
+
+    def run(argv, data=None):
+        if argv[-2:] == ["table", "133"]:
+            return 2, "", "Error: ipv4: FIB table does not exist.\nDump terminated\n"
+        return 0, "[]", ""
+    assert RouteManager(run, False).policy_routes() == set()
 
 
 def test_desired_policy_routes():

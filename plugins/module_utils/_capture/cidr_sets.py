@@ -22,8 +22,7 @@ import functools
 import ipaddress
 import socket
 import struct
-from dataclasses import dataclass
-from typing import Tuple
+from typing import NamedTuple, Tuple
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import IPV4, IPV6, address_text
 
@@ -45,8 +44,7 @@ def set_name(purpose, family):
     return "istio-%s-%s" % (purpose, _SUFFIX[family])
 
 
-@dataclass(frozen=True)
-class CidrSet:
+class CidrSet(NamedTuple):
     """One planned set: its name, address family, and contents as merged intervals."""
 
     name: str

@@ -18,7 +18,7 @@ never a half-filled set.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.ipset import (
     OWNED_NAMES,
@@ -40,8 +40,7 @@ class IpsetConflict(ValueError):
     """A set of ours by name that no swap can refill (another type or family): nothing is changed."""
 
 
-@dataclass
-class IpsetChanges:
+class IpsetChanges(NamedTuple):
     fill: str = ""  # ipset restore script, run before the iptables transaction
     destroy: tuple = ()  # names of the sets to destroy after it
     filled: tuple = ()  # names of the sets the script creates or refills

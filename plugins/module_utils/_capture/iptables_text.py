@@ -19,10 +19,7 @@ import re
 import shlex
 import socket
 import struct
-from dataclasses import dataclass, field
-from typing import List, Tuple
-
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import address_text
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import Record, address_text
 
 # Options that take no value, and those that take two (the set match's name and direction, the
 # TCP flags examined and those that must be set); every other option takes exactly one.
@@ -46,24 +43,30 @@ _IPV4_CIDR = re.compile(r"((?:%s\.){3}%s)/(3[0-2]|[12]?[0-9])" % (_OCTET, _OCTET
 _CT_STATES = ("INVALID", "NEW", "RELATED", "ESTABLISHED", "UNTRACKED", "SNAT", "DNAT")
 
 
-@dataclass
-class Option:
-    name: str
-    values: List[str] = field(default_factory=list)
-    negated: bool = False
+class Option(Record):
+    """One option of a match or target: its name, values and whether it is negated."""
+
+    __slots__ = ("name", "values", "negated")
+
+    def __init__(self, name, values=None, negated=False):
+        self.name = name
+        self.values = [] if values is None else values
+        self.negated = negated
 
     def tokens(self):
         return (["!"] if self.negated else []) + [self.name] + self.values
 
 
-@dataclass
-class ParsedRule:
+class ParsedRule(Record):
     """A rule split into its parts: fields (``-s``, ``-p`` ...), matches (``-m``) and target (``-j``)."""
 
-    fields: dict = field(default_factory=dict)  # flag -> (negated, value)
-    matches: List[Tuple[str, List[Option]]] = field(default_factory=list)
-    target: str = ""
-    target_options: List[Option] = field(default_factory=list)
+    __slots__ = ("fields", "matches", "target", "target_options")
+
+    def __init__(self):
+        self.fields = {}  # flag -> (negated, value)
+        self.matches = []  # [(match name, [Option])]
+        self.target = ""
+        self.target_options = []  # [Option]
 
 
 def parse_rule(args):
@@ -203,12 +206,14 @@ def canonical_args(args, family):
     return " ".join(out)
 
 
-@dataclass
-class TableDump:
+class TableDump(Record):
     """One table of ``iptables-save`` output: chains in printed order, and each chain's rules."""
 
-    chains: dict = field(default_factory=dict)  # chain -> [args text]
-    policies: dict = field(default_factory=dict)  # chain -> policy ('-' for user chains)
+    __slots__ = ("chains", "policies")
+
+    def __init__(self, chains=None, policies=None):
+        self.chains = {} if chains is None else chains  # chain -> [args text]
+        self.policies = {} if policies is None else policies  # chain -> policy ('-' for user chains)
 
 
 def parse_save(text):

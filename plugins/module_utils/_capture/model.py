@@ -5,13 +5,17 @@
 #
 # Private module utility of meshops.sidecar: no compatibility promise outside this collection.
 
-"""What the capture is made of: address families, Istio's fixed numbers, validated options, one rule. No I/O."""
+"""What the capture is made of: address families, Istio's fixed numbers, validated options, one rule. No I/O.
+
+The engine's records are ``NamedTuple`` (immutable) and ``Record`` (mutable) classes, not
+dataclasses: a dataclass generates and compiles its methods when its class is created, about half
+a millisecond each on a target, and the payload is imported anew by every task.
+"""
 
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 IPV4 = "ipv4"
 IPV6 = "ipv6"
@@ -35,6 +39,21 @@ def address_text(address):
     return address.compressed
 
 
+class Record:
+    """A mutable record: its fields are its ``__slots__``, set by the subclass's ``__init__``; equal by field."""
+
+    __slots__ = ()
+
+    def _values(self):
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other):
+        return type(other) is type(self) and self._values() == other._values()
+
+    def __repr__(self):
+        return "%s(%s)" % (type(self).__name__, ", ".join("%s=%r" % (name, getattr(self, name)) for name in self.__slots__))
+
+
 def has_loopback(cidrs):
     """Whether ``(family, text)`` CIDRs include a loopback address (Istio then keeps lo traffic captured)."""
     for family, text in cidrs:
@@ -44,8 +63,7 @@ def has_loopback(cidrs):
     return False
 
 
-@dataclass(frozen=True)
-class CaptureOptions:
+class CaptureOptions(NamedTuple):
     """Everything the planner needs, already validated and resolved (ids are numbers as text).
 
     ``inbound_ports`` and ``outbound_ip_ranges`` are ``"*"`` or a tuple (empty tuple: none).
@@ -97,8 +115,7 @@ class CaptureOptions:
         return FAMILIES if self.ipv6 else (IPV4,)
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(NamedTuple):
     """One rule as Istio writes it: ``-A chain args`` or, with ``position``, ``-I chain N args``."""
 
     table: str

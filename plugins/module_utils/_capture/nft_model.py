@@ -15,8 +15,7 @@ only looks for Istio's tables to remove them, does not import the planner.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import IPV4, IPV6
 
@@ -44,8 +43,7 @@ def table_name(short):
     return TABLE_PREFIX + short
 
 
-@dataclass(frozen=True)
-class NftChain:
+class NftChain(NamedTuple):
     """A chain the kernel holds: ``base`` is ``(type, hook, priority)`` for base chains, else None."""
 
     name: str
@@ -53,8 +51,7 @@ class NftChain:
     rules: Tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class NftTable:
+class NftTable(NamedTuple):
     """An Istio table (full name), its chains in declaration order, and its sets (``cidr_sets``)."""
 
     name: str

@@ -21,8 +21,7 @@ DNS jumps are only written when their chain gets rules (IPv6-only nameservers wi
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.cidr_sets import EXCLUDE, INCLUDE, planned_sets
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import (
@@ -51,8 +50,7 @@ _IP = {IPV4: "ip", IPV6: "ip6"}
 _PLAIN_WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 
 
-@dataclass(frozen=True)
-class NftRule:
+class NftRule(NamedTuple):
     """One rule as Istio generates it; ``index`` is Istio's insert position (0-based), else appended."""
 
     table: str

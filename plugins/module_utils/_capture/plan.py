@@ -16,9 +16,6 @@ Istio's own golden files.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Tuple
-
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.cidr_sets import EXCLUDE, INCLUDE, planned_sets
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import (
     BUILTIN_CHAINS,
@@ -34,15 +31,12 @@ from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model imp
 )
 
 
-@dataclass
 class _Builder:
     """Collects the rules of both families in Istio's order."""
 
-    families: Tuple[str, ...]
-    rules: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        self.rules = {family: [] for family in self.families}
+    def __init__(self, families):
+        self.families = families
+        self.rules = {family: [] for family in families}
 
     def add(self, table, chain, *args, family=None, position=None):
         for fam in self.families if family is None else (family,):

@@ -16,9 +16,9 @@ rules of ours are only rewritten where they differ.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import BUILTIN_CHAINS, CAPTURE_TABLES
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import BUILTIN_CHAINS, CAPTURE_TABLES, Record
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.iptables_text import (
     canonical_args,
     is_owned_chain,
@@ -29,13 +29,15 @@ from ansible_collections.meshops.sidecar.plugins.module_utils._capture.iptables_
 _BUILTIN_ORDER = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
 
 
-@dataclass
-class OwnedTable:
+class OwnedTable(Record):
     """The rules of ours in one table: whole ``ISTIO_*`` chains, and our rules in built-in chains."""
 
-    chains: dict = field(default_factory=dict)  # ISTIO_* chain -> [args]
-    builtin: dict = field(default_factory=dict)  # built-in chain -> [args], kernel order
-    heads: dict = field(default_factory=dict)  # built-in chain -> how many of its rules go on top
+    __slots__ = ("chains", "builtin", "heads")
+
+    def __init__(self, chains=None, builtin=None, heads=None):
+        self.chains = {} if chains is None else chains  # ISTIO_* chain -> [args]
+        self.builtin = {} if builtin is None else builtin  # built-in chain -> [args], kernel order
+        self.heads = {} if heads is None else heads  # built-in chain -> how many of its rules go on top
 
     def is_empty(self):
         return not self.chains and not any(self.builtin.values())
@@ -94,8 +96,7 @@ def unmarked_rules(state):
             for args in rules if not is_owned_rule(table, chain, args)}
 
 
-@dataclass(frozen=True)
-class Op:
+class Op(NamedTuple):
     """One step of a change, in ``iptables-restore`` terms."""
 
     kind: str  # "declare" (create or flush), "delete", "delete_chain", "append", "insert"

@@ -27,13 +27,11 @@ no table of Istio's imports none of the native or ipset code.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-
 from ansible_collections.meshops.sidecar.plugins.module_utils._system import namespace
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture import ownership
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.options import OptionError
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.target_options import target_options
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import FAMILIES, IPV4, IPV6
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import FAMILIES, IPV4, IPV6, Record
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.ssh_guard import (
     captures_inbound_port,
     captures_outbound_to,
@@ -93,18 +91,19 @@ def _netns_inode(name):
         return None
 
 
-@dataclass
-class _FamilyPlan:
+class _FamilyPlan(Record):
     """Per address family: the planned rules, the owned state before and after, and the changes between."""
 
-    rules: dict
-    before: dict = field(default_factory=dict)
-    after: dict = field(default_factory=dict)
-    changes: dict = field(default_factory=dict)
+    __slots__ = ("rules", "before", "after", "changes")
+
+    def __init__(self, rules):
+        self.rules = rules
+        self.before = {}
+        self.after = {}
+        self.changes = {}
 
 
-@dataclass
-class _NativePlan:
+class _NativePlan(Record):
     """Istio's native ``inet istio-proxy-*`` tables: as they are, as wanted, and the transaction between.
 
     ``before`` and ``after`` are in ``nft_reconcile`` form; ``backend`` is None when the target has no
@@ -113,14 +112,17 @@ class _NativePlan:
     ``before`` is None when the record's stamp proved the tables equal to the plan without reading them.
     """
 
-    backend: object = None
-    tables: tuple = ()
-    before: object = field(default_factory=dict)
-    before_sets: dict = field(default_factory=dict)  # nft_reconcile.live_sets form (cidr_sets)
-    changes: list = field(default_factory=list)
-    generation: object = None
-    digest: str = ""
-    _after: object = None
+    __slots__ = ("backend", "tables", "before", "before_sets", "changes", "generation", "digest", "_after")
+
+    def __init__(self, backend=None):
+        self.backend = backend
+        self.tables = ()
+        self.before = {}
+        self.before_sets = {}  # nft_reconcile.live_sets form (cidr_sets)
+        self.changes = []
+        self.generation = None
+        self.digest = ""
+        self._after = None
 
     @property
     def after(self):
@@ -142,17 +144,19 @@ class _NativePlan:
         return _render_tables(_nft_reconcile().planned_state(self.tables), str, self.after_sets)
 
 
-@dataclass
-class _IpsetPlan:
+class _IpsetPlan(Record):
     """The ipsets of ``cidr_sets`` (iptables backends): as they are, as wanted, and the scripts between.
 
     ``backend`` and ``changes`` (``ipset_reconcile.IpsetChanges``) are None when the run needs no set."""
 
-    backend: object = None
-    before: dict = field(default_factory=dict)
-    wanted: dict = field(default_factory=dict)
-    changes: object = None
-    left: list = field(default_factory=list)  # sets to destroy that a rule elsewhere still matches
+    __slots__ = ("backend", "before", "wanted", "changes", "left")
+
+    def __init__(self, backend=None, wanted=None, changes=None):
+        self.backend = backend
+        self.before = {}
+        self.wanted = {} if wanted is None else wanted
+        self.changes = changes
+        self.left = []  # sets to destroy that a rule elsewhere still matches
 
     @property
     def fill(self):
@@ -165,16 +169,18 @@ class _IpsetPlan:
         return self.changes.destroy if self.changes else ()
 
 
-@dataclass
-class _RoutePlan:
+class _RoutePlan(Record):
     """Policy routes and ``::6`` on ``lo``: as they are, as wanted after the run, and the commands between."""
 
-    manager: RouteManager
-    now: set
-    passthrough_now: bool
-    wanted: set = field(default_factory=set)
-    passthrough_after: bool = False
-    commands: list = field(default_factory=list)
+    __slots__ = ("manager", "now", "passthrough_now", "wanted", "passthrough_after", "commands")
+
+    def __init__(self, manager, now, passthrough_now):
+        self.manager = manager
+        self.now = now
+        self.passthrough_now = passthrough_now
+        self.wanted = set()
+        self.passthrough_after = False
+        self.commands = []
 
 
 class CaptureRun:

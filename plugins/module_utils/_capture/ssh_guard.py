@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.cidr_sets import intervals_of_texts
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import IPV4, IPV6
@@ -30,8 +29,7 @@ _SSHD_NAMES = frozenset(("sshd", "sshd-session", "sshd-auth"))
 DEFAULT_SSH_PORT = 22
 
 
-@dataclass(frozen=True)
-class SshSession:
+class SshSession(NamedTuple):
     """The SSH session a task runs over: the server's port(s), its network namespace, the client."""
 
     ports: Tuple[int, ...]

@@ -91,7 +91,7 @@ class LegacyBackend:
     def apply(self, family, changes, before=None):  # pylint: disable=unused-argument
         """Apply ``changes`` under the xtables lock; ``before`` is not needed: the child reads the tables it changes."""
         _in_child(child_code().legacy_apply, family,
-                  [(table, [op.__dict__ for op in changes[table]]) for table in commit_order(changes)])
+                  [(table, [op._asdict() for op in changes[table]]) for table in commit_order(changes)])
 
     def describe(self, family):
         return "python-iptables (libiptc), %s, under the xtables lock:" % ("IPv4" if family == IPV4 else "IPv6")

@@ -31,8 +31,8 @@ GOLDENS = {
     "k8s-default": K8S,
     "k8s-default-dual-stack": CaptureOptions(ipv6=True),
     "vm-default": VM,
-    "vm-default-ipv6": CaptureOptions(**{**VM.__dict__, "ipv6": True}),
-    "vm-tproxy": CaptureOptions(**{**VM.__dict__, "inbound_interception_mode": "TPROXY"}),
+    "vm-default-ipv6": VM._replace(ipv6=True),
+    "vm-tproxy": VM._replace(inbound_interception_mode="TPROXY"),
     # pilot-agent istio-iptables with no flags: no inbound or outbound capture.
     "empty": CaptureOptions(inbound_ports=(), outbound_ip_ranges=()),
 }

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import socket
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.model import IPV4, IPV6
 from ansible_collections.meshops.sidecar.plugins.module_utils._system import netlink
@@ -25,8 +25,7 @@ from ansible_collections.meshops.sidecar.plugins.module_utils._system import net
 PASSTHROUGH_V6 = "::6"
 
 
-@dataclass(frozen=True, order=True)
-class PolicyRoute:
+class PolicyRoute(NamedTuple):
     family: str
     mark: int
     table: int
@@ -35,10 +34,11 @@ class PolicyRoute:
         return "%s: ip rule fwmark 0x%x lookup %d; local default dev lo table %d" % (
             self.family, self.mark, self.table, self.table)
 
-    def add_commands(self):
+    def add_commands(self, rule_present=False):
+        """``rule_present``: the fwmark rule is there without its route (the kernel would take a second one)."""
         flag = ["-6"] if self.family == IPV6 else []
-        return [["ip"] + flag + ["rule", "add", "fwmark", str(self.mark), "lookup", str(self.table)],
-                ["ip"] + flag + ["route", "replace", "local", "default", "dev", "lo", "table", str(self.table)]]
+        rule = [] if rule_present else [["ip"] + flag + ["rule", "add", "fwmark", str(self.mark), "lookup", str(self.table)]]
+        return rule + [["ip"] + flag + ["route", "replace", "local", "default", "dev", "lo", "table", str(self.table)]]
 
     def delete_commands(self):
         flag = ["-6"] if self.family == IPV6 else []
@@ -98,6 +98,7 @@ class RouteManager:
     def __init__(self, run, ipv6_kernel):
         self._run = run
         self.ipv6_kernel = ipv6_kernel
+        self.fwmark_rules = set()  # (family, mark, table) of every fwmark rule policy_routes() saw
 
     def _json(self, argv):
         rc, out, err = self._run(argv)
@@ -109,11 +110,13 @@ class RouteManager:
         """Istio-shaped policy routes of each family; ``ip route show table N`` only for a table a fwmark
         rule looks up (none on most hosts)."""
         found = set()
+        self.fwmark_rules = set()
         for family in (IPV4, IPV6) if self.ipv6_kernel else (IPV4,):
             flag = ["-6"] if family == IPV6 else []
             marks = netlink.fwmark_rules(socket.AF_INET6 if family == IPV6 else socket.AF_INET)
             if marks is None:  # no netlink answer: ask ip
                 marks = ip_rule_marks(self._json(["ip"] + flag + ["-json", "rule", "show"]))
+            self.fwmark_rules.update((family, mark, table) for mark, table in marks)
             found |= policy_routes_of(family, marks, lambda table, flag=flag: self._routes_of_table(flag, table))
         return found
 
@@ -121,7 +124,7 @@ class RouteManager:
         argv = ["ip"] + flag + ["-json", "route", "show", "table", str(table)]
         rc, out, err = self._run(argv)
         if rc != 0 and "does not exist" in err:
-            return []  # a rule left whose table lost its last route (drift): no route, the rule is repaired
+            return []  # a rule left whose table lost its last route (drift): the route is put back
         if rc != 0:
             raise RuntimeError("%s failed (rc=%d): %s" % (" ".join(argv), rc, err.strip()))
         return json.loads(out or "[]")

@@ -422,7 +422,8 @@ class CaptureRun:
         for stale in sorted(routes.now - routes.wanted):
             routes.commands += stale.delete_commands()
         for missing in sorted(routes.wanted - routes.now):
-            routes.commands += missing.add_commands()
+            rule_present = (missing.family, missing.mark, missing.table) in manager.fwmark_rules
+            routes.commands += missing.add_commands(rule_present)
         if passthrough_wanted and not routes.passthrough_now:
             routes.commands.append(["ip", "-6", "addr", "add", "::6/128", "dev", "lo"])
         elif not self.present and routes.passthrough_now:

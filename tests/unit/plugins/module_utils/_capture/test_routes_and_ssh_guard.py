@@ -156,7 +156,9 @@ def test_a_fwmark_rule_whose_table_has_no_route_is_not_ours(monkeypatch):
         if argv[-2:] == ["table", "133"]:
             return 2, "", "Error: ipv4: FIB table does not exist.\nDump terminated\n"
         return 0, "[]", ""
-    assert RouteManager(run, False).policy_routes() == set()
+    manager = RouteManager(run, False)
+    assert manager.policy_routes() == set()
+    assert manager.fwmark_rules == {(IPV4, 1337, 133)}  # the rule is there: only its route is missing
 
 
 def test_desired_policy_routes():
@@ -173,6 +175,9 @@ def test_policy_route_commands():
     assert route.add_commands() == [["ip", "-6", "rule", "add", "fwmark", "1337", "lookup", "133"],
                                     ["ip", "-6", "route", "replace", "local", "default", "dev", "lo", "table", "133"]]
     assert route.delete_commands()[0] == ["ip", "-6", "rule", "del", "fwmark", "1337", "lookup", "133"]
+    # The rule left without its route: only the route is added back (ip rule add would make a second rule).
+    assert route.add_commands(rule_present=True) == [
+        ["ip", "-6", "route", "replace", "local", "default", "dev", "lo", "table", "133"]]
 
 
 # /proc/net/if_inet6 as the kernel prints it: address, ifindex, prefix length, scope, flags (hex), device.

@@ -27,7 +27,7 @@ no table of Istio's imports none of the native or ipset code.
 from __future__ import annotations
 
 import os
-from ansible_collections.meshops.sidecar.plugins.module_utils._system import namespace
+from ansible_collections.meshops.sidecar.plugins.module_utils._system import namespace, netlink
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture import ownership
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.options import OptionError
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.target_options import target_options
@@ -51,7 +51,6 @@ from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.
     make_backends,
     select_backend,
 )
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.nftables import NftablesBackend
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.cidr_sets import iptables_rules_match_sets
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_model import TABLE_PREFIX
 
@@ -82,6 +81,12 @@ def _render_tables(tables, rule_text, sets):
     """Istio's tables as ``nft list`` shows them (``nft_render.render_state``): native mode, diffs, errors."""
     from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_render import render_state
     return render_state(tables, rule_text, sets)
+
+
+def _istio_table_names():
+    """The namespace's ``inet istio-proxy-*`` tables by name, sorted, from one netlink dump; None when unknown."""
+    names = netlink.nft_table_names(netlink.NFPROTO_INET)
+    return None if names is None else sorted(name for name in names if name.startswith(TABLE_PREFIX))
 
 
 def _netns_inode(name):
@@ -282,7 +287,13 @@ class CaptureRun:
 
         With 10,000 rules, listing them costs nft a second. So when the record's stamp says that at the
         namespace's current nftables generation the tables were exactly this plan, nothing has been
-        committed since and they are not read: the kernel counts every commit, by anyone."""
+        committed since and they are not read: the kernel counts every commit, by anyone.
+
+        In iptables mode, when netlink says there is no table of Istio's, there is nothing to clear
+        and the nftables backend is not even imported."""
+        if not self.native and _istio_table_names() == []:
+            return _NativePlan()
+        from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.nftables import NftablesBackend
         plan = _NativePlan(NftablesBackend(self.runner))
         if self.native:
             if not plan.backend.present():
@@ -301,7 +312,7 @@ class CaptureRun:
         # The stamp is keyed by the namespace's inode, which the kernel reuses for a later namespace:
         # Istio's tables must also be there, by name, exactly those of the plan.
         if (self.native and plan.generation is not None and stamp == proven
-                and self._istio_table_names(plan) == sorted(table.name for table in plan.tables)):
+                and _istio_table_names() == sorted(table.name for table in plan.tables)):
             plan.before = None  # and nft is not run: its version is checked when it has work to do
             self.native_stamp = stamp
             return plan
@@ -364,11 +375,6 @@ class CaptureRun:
         except (BackendError, ipset_reconcile.IpsetConflict) as exc:
             raise CaptureError(str(exc))
         return plan
-
-    @staticmethod
-    def _istio_table_names(plan):
-        names = plan.backend.inet_table_names()
-        return None if names is None else sorted(name for name in names if name.startswith(TABLE_PREFIX))
 
     def _load_record(self):
         self.record = ownership.record_path(self.netns, namespace.inode_of())

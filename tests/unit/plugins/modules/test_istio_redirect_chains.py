@@ -12,11 +12,13 @@ import os
 import sys
 
 import pytest
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.meshops.sidecar.plugins.modules import istio_redirect_chains
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.iptables_text import parse_save
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.run import CaptureRun
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.ssh_guard import SshSession
+from ansible_collections.meshops.sidecar.plugins.module_utils._system import netlink
 from ansible_collections.meshops.sidecar.tests.unit.plugins.modules.utils import patch_module_args
 
 KERNEL = os.path.join(os.path.dirname(__file__), "..", "module_utils", "fixtures", "kernel")
@@ -278,6 +280,7 @@ def test_native_no_op_is_proven_by_the_generation_without_listing_the_tables(moc
     mocker.patch.object(nftables.NftablesBackend, "generation", staticmethod(lambda: generation[0]))
     tables = [["userfilter"]]  # what netlink lists: after the apply, Istio's nat table too
     mocker.patch.object(nftables.NftablesBackend, "inet_table_names", staticmethod(lambda: tables[0]))
+    mocker.patch.object(netlink, "nft_table_names", lambda nfproto: tables[0] if nfproto == netlink.NFPROTO_INET else None)
     target = NftTarget(EMPTY_NAT)
     applied = target.run_command
 
@@ -308,6 +311,23 @@ def test_native_no_op_is_proven_by_the_generation_without_listing_the_tables(moc
     generation[0] += 1
     target.calls = []
     run_module(mocker, capsys, target, native_nftables=True, ipv6=False, exclude_outbound_ports=["9090"])
+    assert ["nft", "-j", "list", "table", "inet", "istio-proxy-nat"] in [args for args, dummy in target.calls]
+
+
+def test_iptables_mode_where_netlink_lists_no_istio_table_never_asks_for_nft(mocker, capsys):
+    mocker.patch.object(netlink, "nft_table_names", lambda nfproto: ["userfilter"] if nfproto == netlink.NFPROTO_INET else None)
+    target = NftTarget(EMPTY_NAT)
+    result = run_module(mocker, capsys, target, ipv6=False)
+    assert result["changed"] is True and result["backend"] == "nft"
+    assert [args for args, dummy in target.calls if os.path.basename(args[0]) == "nft"] == []
+    looked_up = [call.args[0] for call in AnsibleModule.get_bin_path.call_args_list]
+    assert "nft" not in looked_up and "iptables-nft-restore" in looked_up
+    # The same run where netlink lists one of Istio's tables: nft reads it (and the fake kernel holds none).
+    from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends import nftables
+    mocker.patch.object(netlink, "nft_table_names", lambda nfproto: ["istio-proxy-nat"] if nfproto == netlink.NFPROTO_INET else None)
+    mocker.patch.object(nftables.NftablesBackend, "inet_table_names", staticmethod(lambda: ["istio-proxy-nat"]))
+    target.calls = []
+    run_module(mocker, capsys, target, ipv6=False)
     assert ["nft", "-j", "list", "table", "inet", "istio-proxy-nat"] in [args for args, dummy in target.calls]
 
 

@@ -38,6 +38,11 @@ CHAIN_ORDER = {
 }
 
 
+def istio_table_names(names):
+    """Istio's tables (``istio-proxy-*``) among the ``inet`` table ``names``, sorted."""
+    return sorted(name for name in names if name.startswith(TABLE_PREFIX))
+
+
 def table_name(short):
     """``nat`` -> ``istio-proxy-nat``."""
     return TABLE_PREFIX + short

@@ -100,8 +100,12 @@ class RouteManager:
         self.ipv6_kernel = ipv6_kernel
         self.fwmark_rules = set()  # (family, mark, table) of every fwmark rule policy_routes() saw
 
-    def _json(self, argv):
+    def _json(self, argv, table_may_be_gone=False):
+        """``argv``'s output; "" with ``table_may_be_gone`` when ``ip`` says the route table does not exist
+        (a rule left whose table lost its last route: drift, the route is put back)."""
         rc, out, err = self._run(argv)
+        if rc != 0 and table_may_be_gone and "does not exist" in err:
+            return ""
         if rc != 0:
             raise RuntimeError("%s failed (rc=%d): %s" % (" ".join(argv), rc, err.strip()))
         return out
@@ -122,12 +126,7 @@ class RouteManager:
 
     def _routes_of_table(self, flag, table):
         argv = ["ip"] + flag + ["-json", "route", "show", "table", str(table)]
-        rc, out, err = self._run(argv)
-        if rc != 0 and "does not exist" in err:
-            return []  # a rule left whose table lost its last route (drift): the route is put back
-        if rc != 0:
-            raise RuntimeError("%s failed (rc=%d): %s" % (" ".join(argv), rc, err.strip()))
-        return json.loads(out or "[]")
+        return json.loads(self._json(argv, table_may_be_gone=True) or "[]")
 
     def has_passthrough_v6(self):
         if not self.ipv6_kernel:

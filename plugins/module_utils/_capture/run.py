@@ -52,7 +52,7 @@ from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.
     select_backend,
 )
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.cidr_sets import iptables_rules_match_sets
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_model import TABLE_PREFIX
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_model import istio_table_names
 
 _FAMILY_TITLE = {IPV4: "IPv4", IPV6: "IPv6"}
 
@@ -86,7 +86,7 @@ def _render_tables(tables, rule_text, sets):
 def _istio_table_names():
     """The namespace's ``inet istio-proxy-*`` tables by name, sorted, from one netlink dump; None when unknown."""
     names = netlink.nft_table_names(netlink.NFPROTO_INET)
-    return None if names is None else sorted(name for name in names if name.startswith(TABLE_PREFIX))
+    return None if names is None else istio_table_names(names)
 
 
 def _netns_inode(name):
@@ -152,15 +152,16 @@ class _NativePlan(Record):
 class _IpsetPlan(Record):
     """The ipsets of ``cidr_sets`` (iptables backends): as they are, as wanted, and the scripts between.
 
-    ``backend`` and ``changes`` (``ipset_reconcile.IpsetChanges``) are None when the run needs no set."""
+    ``backend`` is None when the run needs no set, ``changes`` (``ipset_reconcile.IpsetChanges``) when there is
+    nothing to change."""
 
     __slots__ = ("backend", "before", "wanted", "changes", "left")
 
-    def __init__(self, backend=None, wanted=None, changes=None):
+    def __init__(self, backend=None, wanted=None):
         self.backend = backend
         self.before = {}
         self.wanted = {} if wanted is None else wanted
-        self.changes = changes
+        self.changes = None
         self.left = []  # sets to destroy that a rule elsewhere still matches
 
     @property
@@ -360,8 +361,7 @@ class CaptureRun:
             return _IpsetPlan()
         from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.ipset import IpsetBackend
         ipset_reconcile = _ipset_reconcile()
-        plan = _IpsetPlan(IpsetBackend(self.runner), wanted=ipset_reconcile.wanted_ipsets(opts),
-                          changes=ipset_reconcile.IpsetChanges())
+        plan = _IpsetPlan(IpsetBackend(self.runner), wanted=ipset_reconcile.wanted_ipsets(opts))
         if not (plan.wanted or not self.present or rules_match):
             return plan
         if plan.backend.missing():
@@ -606,7 +606,8 @@ class CaptureRun:
         if native.changes and not self.native_stamp:  # the stamp: proven by the generation (_apply_native)
             try:
                 document = native.backend.read()
-                now, now_sets = _nft_reconcile().live_state(document), _nft_reconcile().live_sets(document)
+                nft_reconcile = _nft_reconcile()
+                now, now_sets = nft_reconcile.live_state(document), nft_reconcile.live_sets(document)
             except BackendError as exc:
                 problems.append("native nftables tables cannot be read back: %s" % exc)
             else:

@@ -88,7 +88,10 @@ def attributes(payload, offset):
 
 
 def is_error(kind, payload):
-    """An NLMSG_ERROR that carries an error (an NLMSG_ERROR with 0 is an acknowledgement)."""
+    """An NLMSG_ERROR that carries an error (one with 0 is an acknowledgement), or an NLMSG_DONE that
+    carries one: a dump callback's error comes back in NLMSG_DONE."""
+    if kind == _NLMSG_DONE:
+        return len(payload) >= 4 and struct.unpack_from("=i", payload)[0] < 0
     return kind == NLMSG_ERROR and len(payload) >= 4 and struct.unpack_from("=i", payload)[0] != 0
 
 
@@ -119,13 +122,6 @@ def nft_table_names(nfproto):
     return None if data is None else parse_table_names(data)
 
 
-def _dump_failed(kind, payload):
-    """An error, or an NLMSG_DONE that carries one: a dump callback's error comes back in NLMSG_DONE."""
-    if kind == _NLMSG_DONE:
-        return len(payload) >= 4 and struct.unpack_from("=i", payload)[0] < 0
-    return is_error(kind, payload)
-
-
 def parse_fwmark_rules(data):
     """``(fwmark, table)`` of each rule of an RTM_GETRULE dump that looks a numbered table up for a fwmark.
 
@@ -133,7 +129,7 @@ def parse_fwmark_rules(data):
     "no Istio rule", which would add a second one."""
     rules = []
     for kind, payload in messages(data):
-        if _dump_failed(kind, payload):
+        if is_error(kind, payload):
             return None
         if kind == _NLMSG_DONE:
             return rules

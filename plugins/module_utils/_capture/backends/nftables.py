@@ -20,7 +20,7 @@ import socket
 import struct
 
 from ansible_collections.meshops.sidecar.plugins.module_utils._capture.backends.base import BackendError
-from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_model import FAMILY, TABLE_PREFIX
+from ansible_collections.meshops.sidecar.plugins.module_utils._capture.nft_model import FAMILY, istio_table_names
 from ansible_collections.meshops.sidecar.plugins.module_utils._system import netlink
 
 MIN_VERSION = (1, 0, 1)  # Istio's minimum: older nft lacks what its rules need
@@ -78,7 +78,7 @@ class NftablesBackend:
             names = [item["table"]["name"] for item in self._json(["list", "tables"]).get("nftables", ())
                      if item.get("table", {}).get("family") == FAMILY]
         items = []
-        for name in sorted(name for name in names if name.startswith(TABLE_PREFIX)):
+        for name in istio_table_names(names):
             try:
                 items += self._json(["list", "table", FAMILY, name]).get("nftables", ())
             except BackendError as exc:

@@ -138,3 +138,9 @@ def test_no_answer_is_unknown(monkeypatch):
     assert netlink.fwmark_rules(socket.AF_INET6) is None
     monkeypatch.setattr(netlink, "dump", lambda protocol, kind, header: None)  # the socket failed
     assert netlink.fwmark_rules(socket.AF_INET) is None
+
+
+def test_a_table_dump_that_ends_in_an_error_names_no_table():
+    """The same end-of-dump error the rule dump reports (NLMSG_DONE with an errno) makes any dump unknown."""
+    assert netlink.parse_table_names(done(97)) is None
+    assert netlink.parse_table_names(done()) == []

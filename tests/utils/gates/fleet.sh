@@ -328,6 +328,9 @@ fi
 step "reboot"
 for n in "${RELEASES[@]}"; do
     podman stop -t 20 "$(vm_container "$n")" >/dev/null
+    # The old link goes first, both ends at once: the namespace can outlive its `ip netns del` for a
+    # moment (podman lets go of it asynchronously), and with it the veth whose name wire_vm reuses.
+    ip -n "$CTL_NS" link del "vm$n"
     # A fresh namespace: a rebooted kernel keeps no rules, only the boot unit can bring them back.
     ip netns del "$(vm_ns "$n")"
     wire_vm "$n"
